@@ -437,11 +437,12 @@ def test_provider_env_and_secrets_never_in_events() -> None:
 
 def test_missing_secret_names_only_the_variable() -> None:
     s = spec("openai", secret_env=("OPENAI_API_KEY",))
+    nothing: dict[str, str] = {"OPENAI_API_KEY": ""}
     with pytest.raises(ProviderError) as info:
-        provider_env(s, {}.get)
+        provider_env(s, nothing.get)
     assert "OPENAI_API_KEY" in info.value.message
     assert info.value.details == {"provider": "openai", "variable": "OPENAI_API_KEY"}
-    env = provider_env(spec("plain"), {}.get)
+    env = provider_env(spec("plain"), nothing.get)
     assert env == {"FLEETD_PROVIDER": "plain"}
 
 
