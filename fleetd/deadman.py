@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,7 +208,7 @@ def report_to_journal(result: DeadmanResult, writer: JournalWriter | None) -> No
             "pid": result.pid,
         },
     }
-    AlertSink(writer).emit(event)
+    AlertSink(writer, fallback=sys.stderr).emit(event)
 
 
 def write_self_heartbeat(path: Path, now_wall: float, pid: int, status: str) -> None:
