@@ -363,7 +363,7 @@ def _healthy(boards: Mapping[str, Breaker], name: str) -> bool:
     return b is not None and b.state is H.HEALTHY and not b.manual
 
 
-def choose(  # noqa: PLR0917 - the agreed signature; all arguments are distinct inputs
+def choose(
     chain: Sequence[str],
     current: str | None,
     boards: Mapping[str, Breaker],
