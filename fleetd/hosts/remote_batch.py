@@ -27,6 +27,10 @@ Records, in order::
     N <rc> <b64 nproc>
     END <number of records before END>
 
+tmux runs with ``-u``: an SSH session usually has no UTF-8 locale, and a tmux
+client without one prints every tab of the ``-F`` format as ``_``, which would
+make every pane line unparsable.
+
 tmux's stderr is merged into its stdout: on success list-panes writes nothing to
 stderr, and on failure nothing to stdout, so the exit status tells which one the
 text is (``no server running`` is then recognised with :func:`fleetd.tmux.is_no_server`).
@@ -63,7 +67,7 @@ n=0
 echo 'fleetd-observe 1'
 i=0
 while [ "$i" -lt "$nsock" ]; do
-  out=$(tmux -L "$1" list-panes -a -F "$fmt" 2>&1); rc=$?
+  out=$(tmux -u -L "$1" list-panes -a -F "$fmt" 2>&1); rc=$?
   printf 'T %s %s\n' "$rc" "$(printf '%s' "$out" | b64)"
   shift; i=$((i + 1)); n=$((n + 1))
 done

@@ -69,8 +69,9 @@ def tmux_server(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
     require_binary("tmux")
     tmpdir = tmp_path / "tmux"
     tmpdir.mkdir()
-    env = {**os.environ, "TMUX_TMPDIR": str(tmpdir)}
-    env.pop("TMUX", None)
+    # Like an SSH session: no locale at all (tmux then needs -u to keep tabs).
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "LANG", "TMUX"))}
+    env["TMUX_TMPDIR"] = str(tmpdir)
     sock = f"fleetd-rb-{uuid.uuid4().hex[:8]}"
     out = subprocess.run(
         tmux.new_session(sock, "fleet", "w1"), env=env, capture_output=True, text=True, check=True
