@@ -83,6 +83,7 @@ class AgentDefaults(_Frozen):
     staleness_factor: float = Field(3.0, gt=1.0)
     start_grace: Seconds | None = None
     stop_timeout: Seconds = 10.0
+    recovery_settle: Seconds = 30.0
     restart: Literal["always", "on-failure", "never"] = "always"
     backoff: Backoff = Backoff()
     intensity: Intensity = Intensity()
@@ -113,6 +114,7 @@ class AgentSpec(_Frozen):
     staleness_factor: float
     start_grace: float
     stop_timeout: float
+    recovery_settle: float = 30.0
     restart: Literal["always", "on-failure", "never"]
     backoff: Backoff
     intensity: Intensity
@@ -144,6 +146,7 @@ class AgentEntry(_Frozen):
     staleness_factor: float | None = Field(None, gt=1.0)
     start_grace: Seconds | None = None
     stop_timeout: Seconds | None = None
+    recovery_settle: Seconds | None = None
     restart: Literal["always", "on-failure", "never"] | None = None
     backoff: Backoff | None = None
     intensity: Intensity | None = None
@@ -343,6 +346,9 @@ def _resolve_agent(name: str, entry: AgentEntry, d: AgentDefaults) -> AgentSpec:
         # Default grace: one full staleness period, so a slow starter is never "hung".
         start_grace=grace if grace is not None else interval * factor,
         stop_timeout=entry.stop_timeout if entry.stop_timeout is not None else d.stop_timeout,
+        recovery_settle=(
+            entry.recovery_settle if entry.recovery_settle is not None else d.recovery_settle
+        ),
         restart=entry.restart or d.restart,
         backoff=entry.backoff or d.backoff,
         intensity=entry.intensity or d.intensity,

@@ -109,11 +109,15 @@ def next_wake(agent: Agent, spec: AgentSpec) -> float | None:
     if agent.state is S.BACKOFF:
         return agent.retry_at
     if agent.state in (S.STARTING, S.RUNNING) and agent.pid is not None:
+        times: list[float] = []
+        if agent.state is S.RUNNING and agent.incident is not None:
+            times.append(agent.since + spec.recovery_settle)
         if spec.heartbeat_file is None:
             if agent.state is S.STARTING and agent.started_at is not None:
-                return agent.started_at + SETTLE_WITHOUT_HEARTBEAT
-            return None
-        return beat_deadline(agent, spec)
+                times.append(agent.started_at + SETTLE_WITHOUT_HEARTBEAT)
+        elif (deadline := beat_deadline(agent, spec)) is not None:
+            times.append(deadline)
+        return min(times) if times else None
     return None
 
 
@@ -138,8 +142,15 @@ def _open_incident(agent: Agent, ctx: Ctx) -> tuple[Agent, bool]:
     return replace(agent, incident=ctx.new_id or f"{agent.name}-{ctx.now:.0f}"), True
 
 
-def _recover(agent: Agent) -> tuple[Agent, list[Action]]:
-    if agent.incident is None:
+def _recover(agent: Agent, spec: AgentSpec, now: float) -> tuple[Agent, list[Action]]:
+    """Close the open incident once the agent has run healthily for ``recovery_settle``.
+
+    Waiting for the settle time is what makes a flapping agent one incident: a
+    death inside that time finds the incident still open and raises no new alert.
+    """
+    if agent.incident is None or agent.state is not S.RUNNING:
+        return agent, []
+    if now < agent.since + spec.recovery_settle:
         return agent, []
     emit = Emit(
         "agent_recovered",
@@ -378,7 +389,7 @@ def _on_alive(
         if spec.heartbeat_file is None or (
             agent.last_beat_at is not None and agent.last_beat_at + spec.staleness > ctx.now
         ):
-            agent, rec = _recover(agent)
+            agent, rec = _recover(agent, spec, ctx.now)
             actions += rec
         return agent, actions
     if st in (S.STARTING, S.RUNNING, S.HUNG) and agent.pid is not None and inp.pid != agent.pid:
@@ -415,10 +426,7 @@ def _on_beat(agent: Agent, spec: AgentSpec, beat: Beat, ctx: Ctx) -> tuple[Agent
                 "agent_running", f"{agent.name} is running (first heartbeat)", fields=_fields(agent)
             )
         )
-        agent, rec = _recover(agent)
-        actions += rec
-    elif agent.state is S.RUNNING and agent.incident is not None:
-        agent, rec = _recover(agent)
+        agent, rec = _recover(agent, spec, ctx.now)
         actions += rec
     return agent, actions
 
@@ -438,6 +446,9 @@ def _on_tick(agent: Agent, spec: AgentSpec, ctx: Ctx) -> tuple[Agent, list[Actio
         return agent, [Spawn(agent.reason or "backoff elapsed")]
     if agent.state not in (S.STARTING, S.RUNNING) or agent.pid is None:
         return agent, []
+    recovered: list[Action] = []
+    if agent.state is S.RUNNING and agent.incident is not None:
+        agent, recovered = _recover(agent, spec, now)
     if spec.heartbeat_file is None:
         if (
             agent.state is S.STARTING
@@ -445,15 +456,15 @@ def _on_tick(agent: Agent, spec: AgentSpec, ctx: Ctx) -> tuple[Agent, list[Actio
             and (now >= agent.started_at + SETTLE_WITHOUT_HEARTBEAT)
         ):
             agent = _move(agent, S.RUNNING, now, reason="stayed up")
-            agent, rec = _recover(agent)
+            agent, rec = _recover(agent, spec, now)
             return agent, [
                 Emit("agent_running", f"{agent.name} is running", fields=_fields(agent)),
                 *rec,
             ]
-        return agent, []
+        return agent, recovered
     deadline = beat_deadline(agent, spec)
     if deadline is None or now < deadline:
-        return agent, []
+        return agent, recovered
     age = None if agent.last_beat_at is None else round(now - agent.last_beat_at, 3)
     agent, opened = _open_incident(agent, ctx)
     agent = _move(agent, S.HUNG, now, reason="heartbeat stale")

@@ -209,7 +209,10 @@ def respawn(
     if len(argv) < 2:
         # One argument would go through the user's shell; keep exec semantics.
         argv = ["/bin/sh", "-c", 'exec "$0"', *argv]
-    cmd = [*base(socket), "respawn-pane", "-k", "-t", pane_id, "-c", literal(workdir)]
+    # History is cleared first: forensics were captured already, and each record
+    # should hold only the lines of the run that ended.
+    cmd = [*base(socket), "clear-history", "-t", pane_id, ";"]
+    cmd += ["respawn-pane", "-k", "-t", pane_id, "-c", literal(workdir)]
     for key, value in env.items():
         cmd += ["-e", arg(f"{key}={value}")]
     cmd += [*(arg(a) for a in argv), ";", "display-message", "-p", "-t", pane_id, "#{pane_pid}"]

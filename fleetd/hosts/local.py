@@ -43,6 +43,31 @@ def local_health(path: str) -> HostHealth:
     )
 
 
+def zombie_status(pid: int) -> tuple[int | None, int | None] | None:
+    """(exit status, signal) of a process that has exited but is not reaped yet.
+
+    tmux sometimes reaps a pane's process long after it exited (its pane then
+    shows dead with no status); while the process is a zombie, the kernel still
+    holds its wait status in /proc/PID/stat (field 52, Linux 3.5+). None if the
+    process is still running, already reaped, or the field is unreadable.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            raw = fh.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    fields = raw[raw.rfind(")") + 2 :].split()
+    if len(fields) < 50 or fields[0] != "Z":
+        return None
+    try:
+        code = int(fields[49])
+    except ValueError:
+        return None
+    if code & 0x7F:
+        return None, code & 0x7F
+    return (code >> 8) & 0xFF, None
+
+
 class ExitWatcher:
     """Calls ``on_exit(pid)`` from the event loop when a watched pid exits."""
 

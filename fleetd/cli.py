@@ -1,0 +1,243 @@
+"""fleetctl: the operator's command line for a running fleetd.
+
+Output is a table for people; ``--json`` prints the daemon's reply unchanged,
+which is the stable contract for scripts. Errors print ``fleetctl: <message>
+[<code>]`` on stderr and exit with the error family's status (1 generic, 2
+config, 3 request, 4 permission, 5 daemon unreachable).
+
+Imports are kept light (no anyio, no pydantic) so that a ``fleetctl ps`` costs
+little more than a Python start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from fleetd.control.client import Client
+from fleetd.errors import FleetError
+
+DEFAULT_SOCKET = "/run/fleetd/control.sock"
+
+AGENT_VERBS = ("start", "stop", "restart", "pause", "resume")
+
+
+def _age(ts: float | None, now: float) -> str:
+    if ts is None:
+        return "-"
+    from fleetd.durations import format_duration
+
+    return format_duration(max(0.0, now - ts))
+
+
+def _secs(value: float | None) -> str:
+    if value is None:
+        return "-"
+    from fleetd.durations import format_duration
+
+    return format_duration(value)
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths, strict=True)).rstrip()]
+    lines += [
+        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    ]
+    return "\n".join(lines)
+
+
+def render_ps(result: dict[str, Any]) -> str:
+    now = time.time()
+    rows = []
+    for a in result["agents"]:
+        note = a.get("reason") or ""
+        if a["state"] == "BACKOFF" and a.get("retry_in") is not None:
+            note = f"retry in {_secs(a['retry_in'])}: {note}"
+        if a.get("heartbeat_problem"):
+            note = f"heartbeat {a['heartbeat_problem']}; {note}"
+        if a.get("drift"):
+            note = f"DRIFT {a['drift']}; {note}"
+        rows.append(
+            [
+                a["name"],
+                a["host"] + ("" if a.get("host_state", "reachable") == "reachable" else "(down)"),
+                a["state"],
+                _age(a["since"], now),
+                str(a["pid"] or "-"),
+                str(a["restarts"]),
+                _secs(a.get("heartbeat_age")),
+                a.get("provider") or "-",
+                note,
+            ]
+        )
+    header = ["AGENT", "HOST", "STATE", "FOR", "PID", "RESTARTS", "BEAT", "PROVIDER", "NOTE"]
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(result.get("counts", {}).items()))
+    return table(rows, header) + (f"\n\n{counts}" if counts else "")
+
+
+def render_show(a: dict[str, Any]) -> str:
+    now = time.time()
+    lines = [
+        f"agent      {a['name']} on {a['host']}",
+        f"state      {a['state']} for {_age(a['since'], now)} ({a.get('reason') or '-'})",
+        f"pid        {a['pid'] or '-'}",
+        f"restarts   {a['restarts']} in the intensity window",
+        f"heartbeat  {_secs(a.get('heartbeat_age'))} ago, status {a.get('heartbeat_status')}"
+        + (f", problem: {a['heartbeat_problem']}" if a.get("heartbeat_problem") else ""),
+        f"reports    runtime={a.get('runtime')} model={a.get('model')} "
+        f"provider={a.get('provider')} busy={a.get('busy')}",
+        f"incident   {a.get('incident') or '-'}",
+        f"tmux       -L {a['tmux']['socket']} {a['tmux']['session']}:{a['tmux']['window']}",
+    ]
+    events = a.get("recent_events") or []
+    if events:
+        lines.append("recent events:")
+        lines += [f"  {_stamp(e['ts'])}  {e['kind']:<24} {e['message']}" for e in events]
+    return "\n".join(lines)
+
+
+def _stamp(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def render_logs(result: dict[str, Any]) -> str:
+    out = []
+    for f in result["forensics"]:
+        how = (
+            f"signal {f['signal']}"
+            if f.get("signal") is not None
+            else f"exit status {f['exit_status']}"
+            if f.get("exit_status") is not None
+            else "no exit status"
+        )
+        out.append(f"=== {_stamp(f['ts'])}  {f['agent']}  {f['reason']}  ({how}, pid {f['pid']})")
+        if f.get("heartbeat"):
+            out.append("--- last heartbeat")
+            out.append(f["heartbeat"].rstrip())
+        out.append("--- last lines of the pane")
+        out.append(f["scrollback"] or "(empty)")
+    return "\n".join(out) if out else f"no forensics recorded for {result['agent']}"
+
+
+def render_event(e: dict[str, Any]) -> str:
+    who = e.get("agent") or e.get("host") or "fleetd"
+    mark = "!" if e.get("alert") else " "
+    return f"{_stamp(e['ts'])} {mark} {e['kind']:<22} {who:<16} {e['message']}"
+
+
+def render_hosts(result: dict[str, Any]) -> str:
+    now = time.time()
+    rows = []
+    for h in result["hosts"]:
+        hl = h.get("health") or {}
+        rows.append(
+            [
+                h["name"],
+                h["kind"],
+                h["state"],
+                _age(h.get("last_contact"), now),
+                str(h["agents"]),
+                f"{hl['disk_free_pct']:.0f}%" if hl else "-",
+                f"{hl['mem_available_pct']:.0f}%" if hl else "-",
+                f"{hl['load1']:.2f}" if hl else "-",
+            ]
+        )
+    return table(
+        rows, ["HOST", "KIND", "STATE", "CONTACT", "AGENTS", "DISK FREE", "MEM AVAIL", "LOAD"]
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fleetctl", description="Control a running fleetd.")
+    p.add_argument(
+        "--socket",
+        default=os.environ.get("FLEETD_SOCKET", DEFAULT_SOCKET),
+        help=f"control socket (default: $FLEETD_SOCKET or {DEFAULT_SOCKET})",
+    )
+    p.add_argument("--json", action="store_true", help="print the daemon's JSON reply")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a reply")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="COMMAND")
+    sub.add_parser("ps", help="list agents and their state").add_argument("--host")
+    sub.add_parser("show", help="one agent in detail").add_argument("agent")
+    for verb in AGENT_VERBS:
+        sub.add_parser(verb, help=f"{verb} an agent").add_argument("agent")
+    logs = sub.add_parser("logs", help="forensics captured before restarts")
+    logs.add_argument("agent")
+    logs.add_argument("--limit", type=int, default=3)
+    ev = sub.add_parser("events", help="the event log")
+    ev.add_argument("--agent")
+    ev.add_argument("--limit", type=int, default=50)
+    ev.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    sub.add_parser("reload", help="re-read the roster")
+    sub.add_parser("hosts", help="hosts and their health")
+    sub.add_parser("ping", help="check that fleetd answers")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    with Client(args.socket, timeout=args.timeout) as client:
+        if args.verb == "events" and args.follow:
+            req: dict[str, Any] = {}
+            if args.agent:
+                req["agent"] = args.agent
+            try:
+                for event in client.follow(req):
+                    print(json.dumps(event) if args.json else render_event(event), flush=True)
+            except KeyboardInterrupt:
+                return 0
+            return 0
+        call_args: dict[str, Any] = {}
+        if args.verb in (*AGENT_VERBS, "show", "logs"):
+            call_args["agent"] = args.agent
+        if args.verb == "logs":
+            call_args["limit"] = args.limit
+        if args.verb == "events":
+            call_args["limit"] = args.limit
+            if args.agent:
+                call_args["agent"] = args.agent
+        if args.verb == "ps" and args.host:
+            call_args["host"] = args.host
+        result = client.call(args.verb, call_args)
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+        return 0
+    if args.verb == "ps":
+        print(render_ps(result))
+    elif args.verb == "show":
+        print(render_show(result))
+    elif args.verb == "logs":
+        print(render_logs(result))
+    elif args.verb == "events":
+        for e in result["events"]:
+            print(render_event(e))
+    elif args.verb == "hosts":
+        print(render_hosts(result))
+    elif args.verb in AGENT_VERBS:
+        print(
+            f"{result['name']}: {result['state']}"
+            + (f" (pid {result['pid']})" if result.get("pid") else "")
+        )
+    elif args.verb == "reload":
+        print(
+            "roster reloaded: "
+            + "; ".join(f"{k}: {', '.join(v) or '-'}" for k, v in result.items())
+        )
+    elif args.verb == "ping":
+        print(f"fleetd {result['version']} pid {result['pid']}: {result['status']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except FleetError as exc:
+        print(f"fleetctl: {exc.message} [{exc.code}]", file=sys.stderr)
+        return exc.exit_status
+    except BrokenPipeError:
+        return 0

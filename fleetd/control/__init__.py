@@ -1,0 +1,1 @@
+"""The control socket: protocol (pure), server (daemon side), client (fleetctl side)."""

@@ -1,0 +1,485 @@
+"""fleetd itself: wiring of roster, store, hosts, supervisors and the control socket.
+
+Start-up order (READY is only announced at the end): load and validate the
+roster, take the single-instance lock, open the store, adopt what already runs
+on every host, listen on the control socket, then tell systemd READY=1.
+
+Shutdown never touches agents: SIGTERM cancels fleetd's own tasks, records the
+stop, and exits; agents keep running in their tmux panes and the next fleetd
+adopts them. A second SIGINT forces an immediate exit. SIGHUP reloads the roster
+(validated first; an invalid roster leaves the running one in force).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+
+from fleetd import __version__
+from fleetd.config import AgentSpec, Roster, load_roster
+from fleetd.control import protocol
+from fleetd.control.server import ControlServer
+from fleetd.errors import (
+    BadArguments,
+    ConfigError,
+    FleetError,
+    InvalidCommand,
+    UnknownAgent,
+)
+from fleetd.events import EventBus
+from fleetd.heartbeat import format_heartbeat
+from fleetd.hosts.base import Host
+from fleetd.hosts.local import LocalHost
+from fleetd.model import State
+from fleetd.render import check_agent
+from fleetd.store import Store
+from fleetd.supervisor import AgentRuntime, HostSupervisor
+
+log = structlog.get_logger("fleetd")
+
+SHUTDOWN_BOUND = 10.0
+
+
+def make_host(name: str, roster: Roster) -> Host:
+    spec = roster.hosts[name]
+    if spec.kind == "local":
+        return LocalHost(name)
+    from fleetd.hosts.ssh import SshHost  # imported only when a remote host is configured
+
+    return SshHost(spec)
+
+
+def check_roster(path: str) -> Roster:
+    """Load, validate and check every template; raises ConfigError."""
+    roster = load_roster(path)
+    for spec in roster.agents.values():
+        check_agent(spec)
+    return roster
+
+
+@dataclass
+class Lock:
+    fd: int
+    path: Path
+
+    @classmethod
+    def acquire(cls, path: Path) -> Lock:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            raise FleetError(
+                f"another fleetd is already running (pid {other or '?'}, lock {path}); "
+                "two daemons would start agents twice, so this one exits"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return cls(fd, path)
+
+    def release(self) -> None:
+        os.close(self.fd)
+
+
+class Fleet:
+    """All supervisors plus the control-command handlers."""
+
+    def __init__(self, roster: Roster, store: Store, bus: EventBus) -> None:
+        self.roster = roster
+        self.store = store
+        self.bus = bus
+        self.supervisors: dict[str, HostSupervisor] = {}
+        self.started_wall = time.time()
+        self.progress_at = time.monotonic()
+        self._tg: anyio.abc.TaskGroup | None = None
+        self.reload_error: str | None = None
+
+    def on_progress(self) -> None:
+        self.progress_at = time.monotonic()
+
+    def build(self) -> None:
+        holds = self.store.holds()
+        incidents = {
+            i["subject"]: i["id"] for i in self.store.open_incidents() if i["scope"] == "agent"
+        }
+        for host_name in sorted({a.host for a in self.roster.agents.values()} | {"local"}):
+            sup = HostSupervisor(
+                make_host(host_name, self.roster),
+                self.roster,
+                self.store,
+                self.bus,
+                on_progress=self.on_progress,
+            )
+            for spec in self.roster.agents_on(host_name):
+                sup.add_agent(spec, sup.initial_agent(spec, holds, incidents))
+            self.supervisors[host_name] = sup
+
+    async def start(self, tg: anyio.abc.TaskGroup) -> None:
+        self._tg = tg
+        for sup in self.supervisors.values():
+            await tg.start(sup.run)
+
+    # --- lookup ----------------------------------------------------------------
+
+    def find(self, name: Any) -> tuple[HostSupervisor, AgentRuntime]:
+        if not isinstance(name, str):
+            raise BadArguments("'agent' must be a string")
+        for sup in self.supervisors.values():
+            rt = sup.agents.get(name)
+            if rt is not None:
+                return sup, rt
+        raise UnknownAgent(f"no agent named {name!r} in the roster", agent=name)
+
+    def all_agents(self) -> list[dict[str, Any]]:
+        rows = [sup.describe(rt) for sup in self.supervisors.values() for rt in sup.agents.values()]
+        return sorted(rows, key=lambda r: (r["host"], r["name"]))
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for sup in self.supervisors.values():
+            for rt in sup.agents.values():
+                key = str(rt.agent.state).lower()
+                out[key] = out.get(key, 0) + 1
+        return out
+
+    def status_line(self) -> str:
+        c = self.counts()
+        parts = [f"{c.get(s, 0)} {s}" for s in ("running", "starting", "backoff", "hung", "fatal")]
+        extra = [
+            f"{n} {s}"
+            for s, n in sorted(c.items())
+            if s not in ("running", "starting", "backoff", "hung", "fatal") and n
+        ]
+        line = ", ".join(parts + extra)
+        if self.reload_error:
+            line += " | last reload FAILED, old roster in force"
+        return line
+
+    # --- handlers ----------------------------------------------------------------
+
+    async def handle(self, req: protocol.Request, uid: int) -> Any:
+        a = req.args
+        if req.cmd == "ping":
+            return {
+                "pid": os.getpid(),
+                "version": __version__,
+                "started": self.started_wall,
+                "status": self.status_line(),
+            }
+        if req.cmd == "ps":
+            rows = self.all_agents()
+            if a.get("host"):
+                rows = [r for r in rows if r["host"] == a["host"]]
+            return {"agents": rows, "counts": self.counts()}
+        if req.cmd == "show":
+            sup, rt = self.find(a["agent"])
+            detail = sup.describe(rt)
+            detail["spec"] = rt.spec.model_dump(mode="json", exclude={"env"})
+            detail["env_keys"] = sorted(rt.spec.env)
+            detail["recent_events"] = [
+                e.to_dict() for e in self.store.events(agent=rt.name, limit=10, newest=True)
+            ]
+            return detail
+        if req.cmd == "logs":
+            _, rt = self.find(a["agent"])
+            limit = _int_arg(a, "limit", 5, 1, 100)
+            return {
+                "agent": rt.name,
+                "forensics": [f.to_dict() for f in self.store.forensics(rt.name, limit)],
+            }
+        if req.cmd == "events":
+            limit = _int_arg(a, "limit", 100, 1, 10000)
+            after = _int_arg(a, "after_id", 0, 0, 2**62)
+            agent = a.get("agent")
+            if agent is not None:
+                self.find(agent)
+            found = self.store.events(
+                after_id=after, agent=agent, limit=limit, newest=after == 0, kinds=a.get("kinds")
+            )
+            return {"events": [e.to_dict() for e in found]}
+        if req.cmd == "hosts":
+            return {
+                "hosts": [
+                    self._host_row(name, sup) for name, sup in sorted(self.supervisors.items())
+                ]
+            }
+        if req.cmd in ("start", "stop", "restart", "pause", "resume"):
+            sup, rt = self.find(a["agent"])
+            self.bus.publish(
+                "operator_command",
+                f"uid {uid} ran {req.cmd} {rt.name}",
+                host=sup.host.name,
+                agent=rt.name,
+                state=str(rt.agent.state),
+                data={"uid": uid, "cmd": req.cmd},
+            )
+            result = await sup.command(rt.name, req.cmd, uid)
+            if req.cmd == "resume":
+                sup.wake()
+            return result
+        if req.cmd == "reload":
+            self.bus.publish(
+                "operator_command", f"uid {uid} ran reload", data={"uid": uid, "cmd": "reload"}
+            )
+            return await self.reload()
+        raise InvalidCommand(f"'{req.cmd}' is not available in this version of fleetd")
+
+    def _host_row(self, name: str, sup: HostSupervisor) -> dict[str, Any]:
+        snap = sup.last_snapshot
+        health = snap.health if snap else None
+        return {
+            "name": name,
+            "kind": self.roster.hosts[name].kind,
+            "state": "reachable" if sup.reachable else "unreachable",
+            "last_contact": sup.last_cycle,
+            "cycle_seconds": sup.last_cycle_duration,
+            "agents": len(sup.agents),
+            "incident": sup.host_incident,
+            "health": None
+            if health is None
+            else {
+                "disk_free_pct": health.disk_free_pct,
+                "mem_available_pct": health.mem_available_pct,
+                "load1": health.load1,
+                "cpus": health.cpus,
+            },
+        }
+
+    async def stream(self, req: protocol.Request, uid: int) -> AsyncIterator[dict[str, Any]]:
+        agent = req.args.get("agent")
+        if agent is not None:
+            self.find(agent)
+        live = self.bus.follow()
+        after = _int_arg(req.args, "after_id", self.store.last_event_id(), 0, 2**62)
+        last = after
+        for row in self.store.events(after_id=after, agent=agent, limit=10000):
+            last = row.id
+            yield row.to_dict()
+        async with live:
+            async for event in live:
+                if event["id"] <= last or (agent is not None and event["agent"] != agent):
+                    continue
+                yield event
+
+    # --- reload ----------------------------------------------------------------
+
+    async def reload(self) -> dict[str, Any]:
+        assert self.roster.path is not None
+        try:
+            new = check_roster(str(self.roster.path))
+        except ConfigError as exc:
+            self.reload_error = exc.message
+            self.bus.publish(
+                "reload_failed",
+                f"roster reload refused, old roster stays: {exc.message}",
+                alert=True,
+                data={"error": exc.message},
+            )
+            raise
+        self.reload_error = None
+        old = self.roster
+        added = [n for n in new.agents if n not in old.agents]
+        removed = [n for n in old.agents if n not in new.agents]
+        changed = [n for n in new.agents if n in old.agents and new.agents[n] != old.agents[n]]
+        self.roster = new
+        for name in removed:
+            sup, rt = self.find(name)
+            if rt.agent.state in (State.RUNNING, State.STARTING, State.HUNG):
+                await sup.command(name, "stop", None)
+            await sup.stop_worker(name)
+            self.store.set_hold(name, None, time.time())
+        for name in changed:
+            sup, rt = self.find(name)
+            spec = new.agents[name]
+            if spec.host != rt.spec.host:
+                await sup.command(name, "stop", None)
+                await sup.stop_worker(name)
+                added.append(name)
+                continue
+            rt.spec = spec
+            sup.roster = new
+            if rt.agent.state in (State.RUNNING, State.STARTING, State.HUNG, State.BACKOFF):
+                await sup.command(name, "restart", None)
+        for name in added:
+            spec = new.agents[name]
+            sup = await self._supervisor_for(spec)
+            sup.add_agent(spec, sup.initial_agent(spec, {}, {}))
+            sup.wake()
+        for sup in self.supervisors.values():
+            sup.roster = new
+        result = {"added": sorted(added), "removed": sorted(removed), "changed": sorted(changed)}
+        self.bus.publish(
+            "reloaded",
+            f"roster reloaded: {len(added)} added, {len(removed)} removed, {len(changed)} changed",
+            data=result,
+        )
+        return result
+
+    async def _supervisor_for(self, spec: AgentSpec) -> HostSupervisor:
+        sup = self.supervisors.get(spec.host)
+        if sup is None:
+            sup = HostSupervisor(
+                make_host(spec.host, self.roster),
+                self.roster,
+                self.store,
+                self.bus,
+                on_progress=self.on_progress,
+            )
+            self.supervisors[spec.host] = sup
+            if self._tg is not None:
+                await self._tg.start(sup.run)
+        return sup
+
+
+def _int_arg(args: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:
+    value = args.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise BadArguments(f"'{key}' must be an integer between {lo} and {hi}")
+    return value
+
+
+def write_self_heartbeat(path: Path, pid: int, status: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(format_heartbeat(time.time(), pid, "running") + f"fleet={status}\n")
+    os.replace(tmp, path)
+
+
+async def self_heartbeat(fleet: Fleet, path: Path, interval: float, run_id: int) -> None:
+    pid = os.getpid()
+    while True:
+        try:
+            write_self_heartbeat(path, pid, fleet.status_line())
+            fleet.store.run_seen(run_id, time.time())
+        except (OSError, FleetError) as exc:
+            log.warning("fleetd.heartbeat.failed", error=str(exc))
+        await anyio.sleep(interval)
+
+
+async def serve(roster: Roster) -> int:
+    settings = roster.settings
+    lock = Lock.acquire(settings.lock_path)
+    store = Store(settings.db_path)
+    bus = EventBus(store)
+    bus.sinks.append(_log_sink)
+    run_id = store.run_started(os.getpid(), time.time())
+    fleet = Fleet(roster, store, bus)
+    fleet.build()
+    server = ControlServer(
+        settings.socket_path,
+        fleet.handle,
+        fleet.stream,
+        max_bytes=settings.request_max_bytes,
+        timeout=settings.request_timeout,
+        mode=settings.socket_mode,
+        operators=settings.operators,
+    )
+    bus.publish(
+        "fleetd_started",
+        f"fleetd {__version__} started (pid {os.getpid()}) with {len(roster.agents)} agent(s)",
+        data={"pid": os.getpid()},
+    )
+    try:
+        async with anyio.create_task_group() as tg:
+            await fleet.start(tg)
+            await tg.start(server.serve)
+            tg.start_soon(
+                self_heartbeat,
+                fleet,
+                settings.self_heartbeat_path,
+                settings.self_heartbeat_interval,
+                run_id,
+            )
+            log.info(
+                "fleetd.ready",
+                agents=len(roster.agents),
+                socket=str(settings.socket_path),
+                status=fleet.status_line(),
+            )
+            await _signals(fleet, tg)
+    finally:
+        store.run_stopped(run_id, time.time())
+        bus.publish(
+            "fleetd_stopped", "fleetd stopped; agents left running", data={"pid": os.getpid()}
+        )
+        bus.close()
+        store.close()
+        settings.socket_path.unlink(missing_ok=True)
+        lock.release()
+    return 0
+
+
+async def _signals(fleet: Fleet, tg: anyio.abc.TaskGroup) -> None:
+    with anyio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+        interrupts = 0
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                try:
+                    await fleet.reload()
+                except FleetError as exc:
+                    log.error("fleetd.reload.refused", error=exc.message)
+                continue
+            if signum == signal.SIGINT:
+                interrupts += 1
+                if interrupts > 1:
+                    log.warning("fleetd.exit.forced")
+                    os._exit(130)
+            log.info("fleetd.stopping", signal=signal.Signals(signum).name)
+            tg.cancel_scope.cancel()
+            return
+
+
+def _log_sink(event: dict[str, Any]) -> None:
+    level = "warning" if event.get("alert") else "info"
+    getattr(log, level)(
+        f"event.{event['kind']}",
+        agent=event.get("agent"),
+        host=event.get("host"),
+        state=event.get("state"),
+        message=event.get("message"),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fleetd", description="Supervise a fleet of AI agents.")
+    parser.add_argument(
+        "--config",
+        "-c",
+        default=os.environ.get("FLEETD_CONFIG", "/etc/fleetd/fleetd.toml"),
+        help="roster file (default: $FLEETD_CONFIG or /etc/fleetd/fleetd.toml)",
+    )
+    parser.add_argument("--check", metavar="CONFIG", help="validate a roster and exit")
+    parser.add_argument("--version", action="version", version=f"fleetd {__version__}")
+    args = parser.parse_args(argv)
+    if args.check:
+        try:
+            roster = check_roster(args.check)
+        except ConfigError as exc:
+            print(f"fleetd: invalid roster:\n{exc.message}", file=sys.stderr)
+            return exc.exit_status
+        print(f"{args.check}: OK ({len(roster.agents)} agents on {len(roster.hosts)} host(s))")
+        return 0
+    try:
+        roster = check_roster(args.config)
+    except ConfigError as exc:
+        print(f"fleetd: invalid roster, not starting:\n{exc.message}", file=sys.stderr)
+        return exc.exit_status
+    try:
+        return anyio.run(serve, roster)
+    except FleetError as exc:
+        print(f"fleetd: {exc.message}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,587 @@
+"""Supervision of one host: observe, feed the decision core, execute its actions.
+
+Shape:
+
+* one *cycle* per ``poll_interval`` (the backstop): one ``Host.observe`` batch
+  (all tmux panes of the host's sockets, every heartbeat file, health), whose
+  results are posted to the agents;
+* one *worker task per agent*, the only place that agent's state changes: it
+  takes inputs from its inbox one at a time, calls ``policy.decide`` and carries
+  out the returned actions before taking the next input. Actions on one agent are
+  thus serialized, and different agents proceed concurrently;
+* a worker sleeps until its agent's next deadline (backoff end, heartbeat
+  deadline), so a stale heartbeat is seen at its deadline, not at the next cycle;
+* on the local host a pidfd per agent process wakes the worker the moment the
+  process exits.
+
+An observation taken before the agent's last spawn or kill is stale and dropped
+(``acted_at``), so a snapshot from before a respawn can never make fleetd think
+the new process died or was replaced.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from fleetd import policy
+from fleetd.config import AgentSpec, Roster
+from fleetd.errors import FleetError, HostError
+from fleetd.events import EventBus
+from fleetd.executor import Executor
+from fleetd.heartbeat import Heartbeat, HeartbeatProblem, parse_heartbeat
+from fleetd.hosts.base import Host, HostSnapshot, ObserveRequest
+from fleetd.hosts.local import ExitWatcher, LocalHost, read_small_file, zombie_status
+from fleetd.model import (
+    Beat,
+    CaptureForensics,
+    Command,
+    Ctx,
+    Emit,
+    HostDown,
+    Input,
+    Kill,
+    PaneAlive,
+    PaneDead,
+    PaneMissing,
+    Spawn,
+    SpawnDone,
+    SpawnFailed,
+    State,
+    Tick,
+)
+from fleetd.policy import Agent
+from fleetd.render import heartbeat_path, render_argv, render_env, variables
+from fleetd.store import Store
+from fleetd.tmux import Pane, PaneList
+
+log = structlog.get_logger("fleetd.supervisor")
+
+INBOX_SIZE = 64
+RECHECK_TRIES = 8
+RECHECK_PAUSE = 0.01
+
+
+@dataclass
+class Recheck:
+    """Shell-level input: look at the agent's pane now (its process just exited)."""
+
+
+@dataclass
+class Sync:
+    """Shell-level input: set ``done`` once everything posted before is handled."""
+
+    done: anyio.Event
+
+
+@dataclass
+class CommandRequest:
+    command: Command
+    done: anyio.Event = field(default_factory=anyio.Event)
+    result: dict[str, Any] | None = None
+    error: FleetError | None = None
+
+
+InboxItem = tuple[Input | Recheck | Sync | CommandRequest, float | None]
+
+
+@dataclass
+class AgentRuntime:
+    spec: AgentSpec
+    agent: Agent
+    send: MemoryObjectSendStream[InboxItem]
+    receive: MemoryObjectReceiveStream[InboxItem]
+    pane: Pane | None = None
+    heartbeat: Heartbeat | None = None
+    heartbeat_raw: str | None = None
+    heartbeat_problem: HeartbeatProblem | None = None
+    acted_at: float = 0.0
+    forensics_id: int | None = None
+    scrollback_tail: str | None = None
+    cancel: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    pending_ops: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+class HostSupervisor:
+    def __init__(
+        self,
+        host: Host,
+        roster: Roster,
+        store: Store,
+        bus: EventBus,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        on_progress: Callable[[], None] | None = None,
+    ) -> None:
+        self.host = host
+        self.roster = roster
+        self.settings = roster.settings
+        self.store = store
+        self.bus = bus
+        self.clock = clock
+        self.wall = wall
+        self.executor = Executor(host, roster.settings)
+        self.agents: dict[str, AgentRuntime] = {}
+        self.on_progress = on_progress
+        self.is_local = isinstance(host, LocalHost)
+        self._watcher: ExitWatcher | None = None
+        self._wake = anyio.Event()
+        self._tg: anyio.abc.TaskGroup | None = None
+        self.last_cycle: float | None = None
+        self.last_cycle_duration: float | None = None
+        self.last_snapshot: HostSnapshot | None = None
+        self.host_incident: str | None = None
+        self.reachable = True
+        self.cycles = 0
+
+    # --- setup ----------------------------------------------------------------
+
+    def _new_runtime(self, spec: AgentSpec, agent: Agent) -> AgentRuntime:
+        send, receive = anyio.create_memory_object_stream[InboxItem](INBOX_SIZE)
+        return AgentRuntime(spec=spec, agent=agent, send=send, receive=receive)
+
+    def initial_agent(
+        self, spec: AgentSpec, holds: dict[str, str], incidents: dict[str, str]
+    ) -> Agent:
+        now = self.clock()
+        hold = holds.get(spec.name)
+        state = {"stopped": State.STOPPED, "paused": State.PAUSED}.get(hold or "", State.UNKNOWN)
+        return Agent(name=spec.name, state=state, since=now, incident=incidents.get(spec.name))
+
+    def add_agent(self, spec: AgentSpec, agent: Agent) -> AgentRuntime:
+        rt = self._new_runtime(spec, agent)
+        self.agents[spec.name] = rt
+        if self._tg is not None:
+            self._tg.start_soon(self._worker, rt)
+        return rt
+
+    # --- main loop --------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Adopt what runs, report started, then cycle until cancelled."""
+        if self.is_local:
+            self._watcher = ExitWatcher(self._on_exit)
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                for rt in self.agents.values():
+                    tg.start_soon(self._worker, rt)
+                await self.cycle()
+                await self.sync()
+                task_status.started()
+                while True:
+                    with anyio.move_on_after(self.settings.poll_interval):
+                        await self._wake.wait()
+                    self._wake = anyio.Event()
+                    await self.cycle()
+        finally:
+            if self._watcher is not None:
+                self._watcher.close()
+
+    def wake(self) -> None:
+        """Run a cycle now (coalesced with any already requested)."""
+        self._wake.set()
+
+    async def sync(self) -> None:
+        """Wait until every agent has handled everything posted so far."""
+        events = []
+        for rt in list(self.agents.values()):
+            ev = anyio.Event()
+            events.append(ev)
+            await rt.send.send((Sync(ev), None))
+        for ev in events:
+            await ev.wait()
+
+    def _request(self) -> ObserveRequest:
+        sockets = tuple(sorted({rt.spec.tmux_socket for rt in self.agents.values()}))
+        files = tuple(sorted({p for rt in self.agents.values() if (p := heartbeat_path(rt.spec))}))
+        health = "/" if self.is_local else self.roster.hosts[self.host.name].health.disk_path
+        return ObserveRequest(sockets=sockets, files=files, health_path=health)
+
+    async def cycle(self) -> None:
+        started = self.clock()
+        try:
+            snap = await self.host.observe(self._request())
+        except HostError as exc:
+            self._host_down(str(exc.message))
+            return
+        finally:
+            if self.on_progress is not None:
+                self.on_progress()
+        self.cycles += 1
+        if not self.reachable:
+            self.reachable = True
+            self.bus.publish(
+                "host_recovered",
+                f"host {self.host.name} is reachable again",
+                host=self.host.name,
+                incident=self.host_incident,
+            )
+        self.last_snapshot = snap
+        self._check_tmux_servers(snap)
+        for rt in list(self.agents.values()):
+            self._post_observation(rt, snap, started)
+        self.last_cycle = self.wall()
+        self.last_cycle_duration = self.clock() - started
+
+    def _host_down(self, reason: str) -> None:
+        if self.reachable:
+            self.reachable = False
+            self.bus.publish(
+                "host_unreachable",
+                f"host {self.host.name} is unreachable: {reason}",
+                host=self.host.name,
+                alert=True,
+            )
+        for rt in self.agents.values():
+            self.post(rt, HostDown(reason), None)
+
+    def _check_tmux_servers(self, snap: HostSnapshot) -> None:
+        """A vanished tmux server is one host incident, not one alert per agent."""
+        gone = {s for s, pl in snap.panes.items() if not pl.server_running}
+        affected = [
+            rt
+            for rt in self.agents.values()
+            if rt.spec.tmux_socket in gone
+            and rt.agent.state in (State.RUNNING, State.STARTING, State.HUNG)
+        ]
+        if affected and self.host_incident is None:
+            self.host_incident = f"{self.host.name}-tmux-{uuid.uuid4().hex[:8]}"
+            sockets = ", ".join(sorted(gone))
+            self.store.open_incident(
+                self.host_incident, "host", self.host.name, "tmux_gone", self.wall()
+            )
+            self.bus.publish(
+                "host_tmux_gone",
+                f"tmux server(s) {sockets} on {self.host.name} disappeared; "
+                f"{len(affected)} agent(s) lost, restoring them",
+                host=self.host.name,
+                incident=self.host_incident,
+                alert=True,
+                data={"sockets": sorted(gone), "agents": [rt.name for rt in affected]},
+            )
+        elif (
+            self.host_incident is not None
+            and not gone
+            and all(
+                rt.agent.state in (State.RUNNING, State.STOPPED, State.PAUSED, State.FATAL)
+                for rt in self.agents.values()
+            )
+        ):
+            self.store.close_incident(self.host_incident, self.wall())
+            self.bus.publish(
+                "host_recovered",
+                f"all agents on {self.host.name} are back",
+                host=self.host.name,
+                incident=self.host_incident,
+            )
+            self.host_incident = None
+
+    def _post_observation(self, rt: AgentRuntime, snap: HostSnapshot, at: float) -> None:
+        plist: PaneList | None = snap.panes.get(rt.spec.tmux_socket)
+        hb_path = heartbeat_path(rt.spec)
+        if hb_path is not None:
+            beat = self._beat_from(rt, snap.files.get(hb_path), snap.wall, at)
+            if beat is not None:
+                self.post(rt, beat, at)
+        if plist is None:
+            return  # this socket could not be listed: no news is not bad news
+        pane = plist.panes.get(rt.name)
+        if at >= rt.acted_at:
+            rt.pane = pane
+        self.post(rt, self._pane_input(rt, pane, plist.server_running), at)
+        self.post(rt, Tick(), at)
+
+    def _pane_input(self, rt: AgentRuntime, pane: Pane | None, server: bool) -> Input:
+        if pane is None:
+            return PaneMissing(host_incident=None if server else self.host_incident)
+        if pane.dead:
+            status, sig = pane.dead_status, pane.dead_signal
+            if status is None and sig is None and self.is_local:
+                status, sig = zombie_status(pane.pid) or (None, None)
+            return PaneDead(pane.pid, status, sig, pane.dead_time)
+        return PaneAlive(pane.pid)
+
+    def _beat_from(
+        self, rt: AgentRuntime, data: bytes | None, host_wall: float, at: float
+    ) -> Beat | None:
+        parsed = parse_heartbeat(data)
+        if isinstance(parsed, HeartbeatProblem):
+            rt.heartbeat_problem = parsed
+            return None
+        rt.heartbeat_problem = None
+        rt.heartbeat = parsed
+        rt.heartbeat_raw = (data or b"").decode("utf-8", "replace")
+        # Age measured on the host's own clock; a future-dated beat counts as "now".
+        age = max(0.0, host_wall - parsed.ts)
+        return Beat(parsed.ts, at - age, parsed.status, parsed.is_busy)
+
+    def post(self, rt: AgentRuntime, inp: Input | Recheck, observed_at: float | None) -> None:
+        try:
+            rt.send.send_nowait((inp, observed_at))
+        except anyio.WouldBlock:
+            # The worker is busy (a long kill); the next cycle observes again.
+            log.debug("agent.inbox.full", agent=rt.name)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass
+
+    def _on_exit(self, pid: int) -> None:
+        for rt in self.agents.values():
+            if rt.agent.pid == pid:
+                self.post(rt, Recheck(), None)
+                return
+
+    # --- commands -------------------------------------------------------------
+
+    async def command(self, name: str, verb: str, uid: int | None) -> dict[str, Any]:
+        rt = self.agents[name]
+        req = CommandRequest(Command(verb, self.clock(), uid))
+        await rt.send.send((req, None))
+        await req.done.wait()
+        if req.error is not None:
+            raise req.error
+        assert req.result is not None
+        return req.result
+
+    # --- the per-agent worker -------------------------------------------------
+
+    async def _worker(self, rt: AgentRuntime) -> None:
+        with rt.cancel:
+            while True:
+                wake_at = policy.next_wake(rt.agent, rt.spec)
+                item: InboxItem | None = None
+                if wake_at is None:
+                    item = await rt.receive.receive()
+                else:
+                    with anyio.move_on_after(max(0.0, wake_at - self.clock())):
+                        item = await rt.receive.receive()
+                try:
+                    if item is None:
+                        await self._deadline(rt)
+                    else:
+                        await self._handle_item(rt, item)
+                except FleetError as exc:
+                    log.warning(
+                        "agent.step.failed", agent=rt.name, code=exc.code, error=exc.message
+                    )
+
+    async def _deadline(self, rt: AgentRuntime) -> None:
+        """A deadline passed: re-read the heartbeat first, so a beat written since
+        the last cycle is never mistaken for a hang."""
+        if rt.spec.heartbeat_file is not None and rt.agent.state in (State.STARTING, State.RUNNING):
+            path = heartbeat_path(rt.spec)
+            assert path is not None
+            if self.is_local:
+                beat = self._beat_from(
+                    rt, read_small_file(self.host.expand_path(path)), self.wall(), self.clock()
+                )
+            else:
+                files = await self.host.read_files([path])
+                beat = self._beat_from(rt, files.get(path), self.wall(), self.clock())
+            if beat is not None:
+                await self.feed(rt, beat)
+        await self.feed(rt, Tick())
+
+    async def _handle_item(self, rt: AgentRuntime, item: InboxItem) -> None:
+        inp, observed_at = item
+        if isinstance(inp, Sync):
+            inp.done.set()
+            return
+        if isinstance(inp, CommandRequest):
+            try:
+                await self.feed(rt, inp.command)
+                inp.result = self.describe(rt)
+            except FleetError as exc:
+                inp.error = exc
+            finally:
+                inp.done.set()
+            return
+        if observed_at is not None and observed_at < rt.acted_at:
+            return  # observed before our last spawn/kill: stale
+        if isinstance(inp, Recheck):
+            pane = await self._settled_pane(rt)
+            rt.pane = pane
+            await self.feed(rt, self._pane_input(rt, pane, True))
+            return
+        await self.feed(rt, inp)
+
+    async def _settled_pane(self, rt: AgentRuntime) -> Pane | None:
+        """The pane after its process exited. tmux notices the pty closing before
+        it reaps the child, so for a moment a pane can look alive, or dead with no
+        exit status; wait briefly (bounded) for tmux to record how it ended."""
+        pane = None
+        for attempt in range(RECHECK_TRIES):
+            pane = await self.executor.pane_of(rt.spec)
+            if pane is None or (
+                pane.dead and (pane.dead_status is not None or pane.dead_signal is not None)
+            ):
+                return pane
+            if self.is_local:
+                status = zombie_status(pane.pid)
+                if status is not None:
+                    return replace(pane, dead=True, dead_status=status[0], dead_signal=status[1])
+            if pane.dead and attempt >= 2:
+                return pane  # dead; tmux will not say how: record it as unknown
+            await anyio.sleep(RECHECK_PAUSE * (attempt + 1))
+        return pane
+
+    async def feed(self, rt: AgentRuntime, inp: Input) -> None:
+        """Decide on one input and carry out the actions, in order."""
+        ctx = Ctx(now=self.clock(), rand=random.random(), new_id=self._incident_id(rt))
+        before = rt.agent
+        after, actions = policy.decide(before, rt.spec, inp, ctx)
+        rt.agent = after
+        self._persist_hold(before, after)
+        if isinstance(inp, PaneAlive) and self._watcher is not None and after.pid == inp.pid:
+            self._watcher.watch(inp.pid)
+        for action in actions:
+            await self._execute(rt, action, inp)
+
+    def _incident_id(self, rt: AgentRuntime) -> str:
+        return f"{rt.name}-{uuid.uuid4().hex[:8]}"
+
+    def _persist_hold(self, before: Agent, after: Agent) -> None:
+        if before.state == after.state:
+            return
+        hold = {State.STOPPED: "stopped", State.PAUSED: "paused"}.get(after.state)
+        if hold is not None or before.state in (State.STOPPED, State.PAUSED):
+            # Only operator holds persist; STOPPED by policy ("never") is not a hold.
+            if after.state is State.STOPPED and not after.reason.startswith("operator"):
+                hold = None
+            self.store.set_hold(after.name, hold, self.wall())
+
+    async def _execute(self, rt: AgentRuntime, action: object, inp: Input) -> None:
+        if isinstance(action, Emit):
+            self._emit(rt, action)
+        elif isinstance(action, CaptureForensics):
+            await self._forensics(rt, action)
+        elif isinstance(action, Kill):
+            how = await self.executor.kill(rt.spec, action.pid)
+            rt.acted_at = self.clock()
+            log.info(
+                "agent.kill.done", agent=rt.name, pid=action.pid, how=how, reason=action.reason
+            )
+        elif isinstance(action, Spawn):
+            await self._spawn(rt, action)
+
+    def _emit(self, rt: AgentRuntime, e: Emit) -> None:
+        data = {k: v for k, v in e.fields.items() if k not in ("state", "incident")}
+        incident = e.fields.get("incident") or rt.agent.incident
+        extra: dict[str, Any] = {}
+        if rt.forensics_id is not None and e.kind in ("agent_dead", "agent_hung"):
+            data["forensics_id"] = rt.forensics_id
+            if rt.scrollback_tail:
+                extra["scrollback"] = rt.scrollback_tail
+        ts = None
+        died = data.get("died_wall")
+        if isinstance(died, int | float) and died <= self.wall():
+            ts = float(died)
+        if e.alert and incident:
+            self.store.open_incident(str(incident), "agent", rt.name, e.kind, self.wall())
+        if e.kind == "agent_recovered" and incident:
+            self.store.close_incident(str(incident), self.wall())
+        self.bus.publish(
+            e.kind,
+            e.message,
+            host=self.host.name,
+            agent=rt.name,
+            state=str(rt.agent.state),
+            incident=str(incident) if incident else None,
+            alert=e.alert,
+            data=data,
+            ts=ts,
+            extra=extra or None,
+        )
+
+    async def _forensics(self, rt: AgentRuntime, action: CaptureForensics) -> None:
+        pane = rt.pane if rt.pane is not None else await self.executor.pane_of(rt.spec)
+        scrollback = await self.executor.capture(rt.spec, pane)
+        rt.forensics_id = self.store.add_forensics(
+            self.wall(),
+            self.host.name,
+            rt.name,
+            action.reason,
+            exit_status=action.exit_status,
+            signal=action.signal,
+            pid=pane.pid if pane else rt.agent.pid,
+            scrollback=scrollback,
+            heartbeat=rt.heartbeat_raw,
+        )
+        rt.scrollback_tail = scrollback
+
+    def render(self, rt: AgentRuntime) -> tuple[list[str], str, dict[str, str]]:
+        workdir = self.host.expand_path(rt.spec.workdir)
+        hb = heartbeat_path(rt.spec)
+        values = variables(rt.spec, None, workdir, hb)
+        return render_argv(rt.spec.command, values), workdir, render_env(rt.spec, values)
+
+    async def _spawn(self, rt: AgentRuntime, action: Spawn) -> None:
+        argv, workdir, env = self.render(rt)
+        try:
+            pane_id, pid = await self.executor.spawn(rt.spec, rt.pane, argv, workdir, env)
+        except FleetError as exc:
+            rt.acted_at = self.clock()
+            await self.feed(rt, SpawnFailed(exc.message))
+            return
+        rt.acted_at = self.clock()
+        rt.pane = None  # re-learned on the next observation
+        rt.forensics_id = None
+        rt.scrollback_tail = None
+        if self._watcher is not None:
+            self._watcher.watch(pid)
+        await self.feed(rt, SpawnDone(pid))
+        log.info("agent.spawn.done", agent=rt.name, pid=pid, pane=pane_id, reason=action.reason)
+
+    # --- views -------------------------------------------------------------------
+
+    def describe(self, rt: AgentRuntime) -> dict[str, Any]:
+        a = rt.agent
+        now_mono, now_wall = self.clock(), self.wall()
+        window = rt.spec.intensity.window
+        hb = rt.heartbeat
+        return {
+            "name": rt.name,
+            "host": self.host.name,
+            "host_state": "reachable" if self.reachable else "unreachable",
+            "state": str(a.state),
+            "since": round(now_wall - (now_mono - a.since), 3),
+            "pid": a.pid,
+            "restarts": len([t for t in a.restarts if now_mono - t < window]),
+            "reason": a.reason,
+            "incident": a.incident,
+            "heartbeat_age": None
+            if a.last_beat_at is None
+            else round(now_mono - a.last_beat_at, 3),
+            "heartbeat_status": a.beat_status,
+            "heartbeat_problem": rt.heartbeat_problem.code if rt.heartbeat_problem else None,
+            "busy": a.busy,
+            "model": hb.model if hb else None,
+            "provider": hb.provider if hb else None,
+            "runtime": hb.runtime if hb else None,
+            "retry_in": None if a.retry_at is None else round(max(0.0, a.retry_at - now_mono), 3),
+            "tmux": {
+                "socket": rt.spec.tmux_socket,
+                "session": rt.spec.tmux_session,
+                "window": rt.spec.window,
+            },
+        }
+
+    async def stop_worker(self, name: str) -> None:
+        rt = self.agents.pop(name, None)
+        if rt is not None:
+            rt.cancel.cancel()
+            rt.send.close()
