@@ -194,6 +194,8 @@ class SshHost:
             self._failed("key_rejected", msg)
             raise HostKeyRejected(f"host {self.name}: {msg}", host=self.name) from None
         options: dict[str, object] = {}
+        if spec.user:
+            options["username"] = spec.user  # else asyncssh uses the local user name
         if spec.client_keys:
             # Explicit keys only: no agent, no ~/.ssh/id_* guessing.
             options["client_keys"] = list(spec.client_keys)
@@ -205,7 +207,6 @@ class SshHost:
                     spec.address,
                     client_factory=lambda: _Client(self._on_lost),
                     port=spec.port,
-                    username=spec.user,
                     known_hosts=known,
                     config=[],
                     connect_timeout=spec.connect_timeout,

@@ -18,7 +18,7 @@ import pytest
 
 from fleetd import tmux
 from fleetd.config import HostSpec
-from fleetd.errors import CommandFailed, HostKeyRejected, HostUnreachable
+from fleetd.errors import CommandFailed, CommandTimeout, HostKeyRejected, HostUnreachable
 from fleetd.hosts.base import Host, ObserveRequest
 from fleetd.hosts.ssh import SshHost
 from tests.netns import (
@@ -289,3 +289,25 @@ async def test_ssh_hosts_fixture(ssh_hosts: list[NetnsHost]) -> None:  # noqa: F
     async with ssh_host(h) as host:
         res = await host.run(["sh", "-c", 'printf %s "$TMUX_TMPDIR"'])
         assert res.stdout == str(h.tmux_tmpdir)
+
+
+async def test_channel_bound_and_command_timeout(lab: NetnsLab, tmp_path: Path) -> None:
+    log = tmp_path / "depth"
+    log.write_text("")
+    script = 'echo s >> "$1"; sleep 0.3; echo e >> "$1"'
+    async with ssh_host(lab.hosts[1], max_channels=2) as host:
+        results = await asyncio.gather(
+            *(host.run(["sh", "-c", script, "x", str(log)]) for _ in range(6))
+        )
+        assert all(r.ok for r in results)
+        depth = peak = 0
+        for mark in log.read_text().split():
+            depth += 1 if mark == "s" else -1
+            peak = max(peak, depth)
+        assert peak == 2, log.read_text()
+
+        with pytest.raises(CommandTimeout):
+            await host.run(["sleep", "5"], timeout=0.5)
+        # A timed-out command does not cost the connection.
+        assert (await host.run(["true"])).ok
+        assert host.connects == 1
