@@ -221,6 +221,7 @@ def write_self_heartbeat(path: Path, now_wall: float, pid: int, status: str) -> 
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o644)  # readable by `fleetctl deadman` whatever the umask
             f.write(format_heartbeat(now_wall, pid, status))
         os.replace(tmp, path)
     except BaseException:
