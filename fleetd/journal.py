@@ -55,10 +55,8 @@ def encode_entry(fields: Mapping[str, str | int | bytes]) -> bytes:
             raise ValueError(f"invalid journal field name {name!r}")
         if isinstance(value, bytes):
             data = value
-        elif isinstance(value, int):
-            data = str(value).encode()
-        else:
-            data = value.encode("utf-8", errors="surrogateescape")
+        else:  # str, int, and anything else a caller slips in despite the types
+            data = str(value).encode("utf-8", errors="surrogateescape")
         key = name.encode()
         if b"\n" in data:
             parts.append(key + b"\n" + struct.pack("<Q", len(data)) + data + b"\n")

@@ -140,7 +140,9 @@ def test_fleetd_unit_shape(unit: str) -> None:
 def test_holder_unit_shape(unit: str) -> None:
     s = _settings(UNITS / unit)
     assert s["Type"] == ["forking"]
-    assert s["ExecStart"][0].startswith("/usr/bin/tmux -L %i new-session -d -s fleet")
+    assert s["ExecStart"][0].startswith("/usr/bin/tmux -L %i start-server")
+    assert "new-session -d -s fleet" in s["ExecStart"][0]
+    assert "set-option -g exit-empty off" in s["ExecStart"][0]
     assert "KillMode" not in s or s["KillMode"] != ["none"]
     assert "PartOf" not in s and "BindsTo" not in s
 
