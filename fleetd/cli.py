@@ -241,3 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_status
     except BrokenPipeError:
         return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -534,7 +534,10 @@ def decide(agent: Agent, spec: AgentSpec, inp: Input, ctx: Ctx) -> tuple[Agent, 
     if isinstance(inp, SpawnDone):
         if agent.state is not S.STARTING:
             return agent, []
-        agent = replace(agent, pid=inp.pid)
+        # The run starts when the process exists: deadlines and the coalescing of
+        # operator restarts (a request received before this moment is satisfied
+        # by this run) are measured from here.
+        agent = replace(agent, pid=inp.pid, started_at=ctx.now)
         return agent, [
             Emit(
                 "agent_started",

@@ -68,6 +68,7 @@ log = structlog.get_logger("fleetd.supervisor")
 
 INBOX_SIZE = 64
 RECHECK_TRIES = 8
+DEADLINE_REREADS = 4
 RECHECK_PAUSE = 0.01
 
 
@@ -381,19 +382,21 @@ class HostSupervisor:
 
     async def _deadline(self, rt: AgentRuntime) -> None:
         """A deadline passed: re-read the heartbeat first, so a beat written since
-        the last cycle is never mistaken for a hang."""
-        if rt.spec.heartbeat_file is not None and rt.agent.state in (State.STARTING, State.RUNNING):
-            path = heartbeat_path(rt.spec)
-            assert path is not None
-            if self.is_local:
-                beat = self._beat_from(
-                    rt, read_small_file(self.host.expand_path(path)), self.wall(), self.clock()
-                )
-            else:
-                files = await self.host.read_files([path])
-                beat = self._beat_from(rt, files.get(path), self.wall(), self.clock())
-            if beat is not None:
-                await self.feed(rt, beat)
+        the last cycle is never mistaken for a hang. A read that finds the file
+        torn, empty or missing (a writer caught mid-write) is retried a few times
+        within one heartbeat interval before the deadline is allowed to count."""
+        path = heartbeat_path(rt.spec)
+        if path is not None and rt.agent.state in (State.STARTING, State.RUNNING):
+            for _ in range(DEADLINE_REREADS):
+                if self.is_local:
+                    data = read_small_file(self.host.expand_path(path))
+                else:
+                    data = (await self.host.read_files([path])).get(path)
+                beat = self._beat_from(rt, data, self.wall(), self.clock())
+                if beat is not None:
+                    await self.feed(rt, beat)
+                    break
+                await anyio.sleep(rt.spec.heartbeat_interval / DEADLINE_REREADS)
         await self.feed(rt, Tick())
 
     async def _handle_item(self, rt: AgentRuntime, item: InboxItem) -> None:

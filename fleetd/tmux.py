@@ -79,7 +79,9 @@ def literal(value: str) -> str:
 
 
 def base(socket: str) -> list[str]:
-    return ["tmux", "-L", socket]
+    # -u: without a UTF-8 locale (systemd services, SSH sessions) tmux prints the
+    # tabs of a -F format as '_', and no pane line would parse.
+    return ["tmux", "-u", "-L", socket]
 
 
 def list_panes(socket: str) -> list[str]:
