@@ -98,6 +98,7 @@ class Command:
     verb: str  # start | stop | restart | pause | resume
     received: float
     uid: int | None = None
+    reason: str = ""  # why, when fleetd itself asks (failover, drift correction)
 
 
 Input = (

@@ -308,17 +308,18 @@ def _on_command(
             return agent, []  # a restart at or after this request already happened
         if st is S.PAUSED:
             raise InvalidCommand(f"{agent.name} is paused; resume it first")
+        why = cmd.reason or "operator restart"
         old_pid = agent.pid
         actions: list[Action] = [
             Emit(
                 "agent_restart_requested",
-                f"{agent.name} restarted by operator",
+                f"{agent.name} restarted: {why}",
                 fields=_fields(agent, **who),
             ),
         ]
         if st in lifecycle.LIVE_STATES or st is S.UNKNOWN:
-            actions.append(CaptureForensics("operator restart"))
-            actions.append(Kill("operator restart", old_pid))
+            actions.append(CaptureForensics(why))
+            actions.append(Kill(why, old_pid))
         agent = _move(
             agent,
             S.STARTING,
@@ -327,9 +328,9 @@ def _on_command(
             retry_at=None,
             started_at=now,
             pid=None,
-            reason="operator restart",
+            reason=why,
         )
-        return agent, [*actions, Spawn("operator restart")]
+        return agent, [*actions, Spawn(why)]
     if cmd.verb == "stop":
         if st is S.STOPPED:
             return agent, []

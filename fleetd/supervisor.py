@@ -34,7 +34,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from fleetd import policy
-from fleetd.config import AgentSpec, Roster
+from fleetd.config import AgentSpec, ProviderSpec, Roster
 from fleetd.errors import FleetError, HostError
 from fleetd.events import EventBus
 from fleetd.executor import Executor
@@ -148,6 +148,12 @@ class HostSupervisor:
         self.host_incident: str | None = None
         self.reachable = True
         self.cycles = 0
+        # Hooks for provider failover and drift (set by the daemon; no-ops here):
+        # which provider an agent runs on, the environment that provider needs,
+        # and a look at each agent after every observation cycle.
+        self.provider_for: Callable[[AgentRuntime], ProviderSpec | None] = lambda rt: None
+        self.provider_env: Callable[[AgentRuntime, ProviderSpec], dict[str, str]] = lambda rt, p: {}
+        self.observed: Callable[[AgentRuntime, Pane | None], None] | None = None
 
     # --- setup ----------------------------------------------------------------
 
@@ -304,6 +310,8 @@ class HostSupervisor:
         pane = plist.panes.get(rt.name)
         if at >= rt.acted_at:
             rt.pane = pane
+            if self.observed is not None:
+                self.observed(rt, pane)
         self.post(rt, self._pane_input(rt, pane, plist.server_running), at)
         self.post(rt, Tick(), at)
 
@@ -348,9 +356,11 @@ class HostSupervisor:
 
     # --- commands -------------------------------------------------------------
 
-    async def command(self, name: str, verb: str, uid: int | None) -> dict[str, Any]:
+    async def command(
+        self, name: str, verb: str, uid: int | None, reason: str = ""
+    ) -> dict[str, Any]:
         rt = self.agents[name]
-        req = CommandRequest(Command(verb, self.clock(), uid))
+        req = CommandRequest(Command(verb, self.clock(), uid, reason))
         await rt.send.send((req, None))
         await req.done.wait()
         if req.error is not None:
@@ -529,8 +539,10 @@ class HostSupervisor:
     def render(self, rt: AgentRuntime) -> tuple[list[str], str, dict[str, str]]:
         workdir = self.host.expand_path(rt.spec.workdir)
         hb = heartbeat_path(rt.spec)
-        values = variables(rt.spec, None, workdir, hb)
-        return render_argv(rt.spec.command, values), workdir, render_env(rt.spec, values)
+        provider = self.provider_for(rt)
+        values = variables(rt.spec, provider, workdir, hb)
+        penv = self.provider_env(rt, provider) if provider is not None else None
+        return render_argv(rt.spec.command, values), workdir, render_env(rt.spec, values, penv)
 
     async def _spawn(self, rt: AgentRuntime, action: Spawn) -> None:
         argv, workdir, env = self.render(rt)
