@@ -257,6 +257,7 @@ class Settings(BaseSettings):
     request_timeout: Seconds = 5.0
     log_format: Literal["auto", "console", "json"] = "auto"
     journal: bool = True
+    journal_socket: Path = Path("/run/systemd/journal/socket")
     self_heartbeat_interval: Seconds = 5.0
     max_concurrent_actions: int = Field(16, ge=1)
     metrics_address: str | None = None

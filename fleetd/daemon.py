@@ -25,11 +25,14 @@ from typing import Any
 
 import anyio
 import structlog
+from anyio.abc import TaskStatus
 
 from fleetd import __version__
+from fleetd.alerts import AlertSink, configure_logging
 from fleetd.config import AgentSpec, Roster, load_roster
 from fleetd.control import protocol
 from fleetd.control.server import ControlServer
+from fleetd.deadman import write_self_heartbeat
 from fleetd.errors import (
     BadArguments,
     ConfigError,
@@ -38,13 +41,14 @@ from fleetd.errors import (
     UnknownAgent,
 )
 from fleetd.events import EventBus
-from fleetd.heartbeat import format_heartbeat
 from fleetd.hosts.base import Host
 from fleetd.hosts.local import LocalHost
+from fleetd.journal import JournalWriter
 from fleetd.model import State
 from fleetd.render import check_agent
 from fleetd.store import Store
 from fleetd.supervisor import AgentRuntime, HostSupervisor
+from fleetd.systemd import Notifier
 
 log = structlog.get_logger("fleetd")
 
@@ -97,7 +101,11 @@ class Lock:
 class Fleet:
     """All supervisors plus the control-command handlers."""
 
-    def __init__(self, roster: Roster, store: Store, bus: EventBus) -> None:
+    def __init__(
+        self, roster: Roster, store: Store, bus: EventBus, notifier: Notifier | None = None
+    ) -> None:
+        self.notifier = notifier or Notifier.disabled()
+        self._status_sent = ""
         self.roster = roster
         self.store = store
         self.bus = bus
@@ -108,7 +116,14 @@ class Fleet:
         self.reload_error: str | None = None
 
     def on_progress(self) -> None:
+        """Called by every completed supervision cycle: the only source of watchdog
+        pings, so a wedged loop (or a cycle stuck on tmux) stops them."""
         self.progress_at = time.monotonic()
+        self.notifier.progress(self.progress_at)
+        line = self.status_line()
+        if line != self._status_sent:
+            self._status_sent = line
+            self.notifier.status(line)
 
     def build(self) -> None:
         holds = self.store.holds()
@@ -116,16 +131,51 @@ class Fleet:
             i["subject"]: i["id"] for i in self.store.open_incidents() if i["scope"] == "agent"
         }
         for host_name in sorted({a.host for a in self.roster.agents.values()} | {"local"}):
-            sup = HostSupervisor(
-                make_host(host_name, self.roster),
-                self.roster,
-                self.store,
-                self.bus,
-                on_progress=self.on_progress,
-            )
+            sup = self.new_supervisor(host_name)
             for spec in self.roster.agents_on(host_name):
                 sup.add_agent(spec, sup.initial_agent(spec, holds, incidents))
             self.supervisors[host_name] = sup
+
+    def update_metrics(self, metrics: Any, after_id: int) -> None:
+        counts: dict[tuple[str, str], int] = {}
+        now = time.monotonic()
+        for host, sup in self.supervisors.items():
+            metrics.set_host_reachable(host, sup.reachable)
+            if sup.last_cycle_duration is not None:
+                metrics.observe_cycle(host, sup.last_cycle_duration)
+            for rt in sup.agents.values():
+                key = (str(rt.agent.state), host)
+                counts[key] = counts.get(key, 0) + 1
+                if rt.agent.last_beat_at is not None:
+                    metrics.set_heartbeat_age(rt.name, now - rt.agent.last_beat_at)
+        metrics.set_agent_states(counts)
+        metrics.set_incidents_open(len(self.store.open_incidents()))
+        metrics.set_loop_lag(max(0.0, now - self.progress_at))
+        for e in self.store.events(
+            after_id=after_id, limit=100000, kinds=["agent_started", "agent_hung", "failover"]
+        ):
+            if e.agent is None:
+                continue
+            if e.kind == "agent_hung":
+                metrics.inc_hang(e.agent)
+            elif e.kind == "failover":
+                metrics.inc_failover(e.agent)
+            elif not str(e.data.get("cause", "")).startswith(("operator", "not running")):
+                metrics.inc_restart(e.agent)
+
+    def new_supervisor(self, host_name: str) -> HostSupervisor:
+        sup = HostSupervisor(
+            make_host(host_name, self.roster),
+            self.roster,
+            self.store,
+            self.bus,
+            on_progress=self.on_progress,
+        )
+        # The watchdog is pinged from completed cycles: cycle at least that often.
+        max_sleep = self.notifier.max_sleep()
+        if max_sleep is not None:
+            sup.cycle_interval = min(sup.cycle_interval, max_sleep)
+        return sup
 
     async def start(self, tg: anyio.abc.TaskGroup) -> None:
         self._tg = tg
@@ -241,10 +291,12 @@ class Fleet:
         snap = sup.last_snapshot
         health = snap.health if snap else None
         return {
+            **sup.watch.row(),  # connection, incidents, escalation (docs/remote.md)
             "name": name,
             "kind": self.roster.hosts[name].kind,
-            "state": "reachable" if sup.reachable else "unreachable",
-            "last_contact": sup.last_cycle,
+            "state": sup.host_state(),
+            "last_cycle": sup.last_cycle,
+            "cycles": sup.cycles,
             "cycle_seconds": sup.last_cycle_duration,
             "agents": len(sup.agents),
             "incident": sup.host_incident,
@@ -331,13 +383,7 @@ class Fleet:
     async def _supervisor_for(self, spec: AgentSpec) -> HostSupervisor:
         sup = self.supervisors.get(spec.host)
         if sup is None:
-            sup = HostSupervisor(
-                make_host(spec.host, self.roster),
-                self.roster,
-                self.store,
-                self.bus,
-                on_progress=self.on_progress,
-            )
+            sup = self.new_supervisor(spec.host)
             self.supervisors[spec.host] = sup
             if self._tg is not None:
                 await self._tg.start(sup.run)
@@ -351,17 +397,11 @@ def _int_arg(args: dict[str, Any], key: str, default: int, lo: int, hi: int) -> 
     return value
 
 
-def write_self_heartbeat(path: Path, pid: int, status: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(format_heartbeat(time.time(), pid, "running") + f"fleet={status}\n")
-    os.replace(tmp, path)
-
-
 async def self_heartbeat(fleet: Fleet, path: Path, interval: float, run_id: int) -> None:
     pid = os.getpid()
     while True:
         try:
-            write_self_heartbeat(path, pid, fleet.status_line())
+            write_self_heartbeat(path, time.time(), pid, "running")
             fleet.store.run_seen(run_id, time.time())
         except (OSError, FleetError) as exc:
             log.warning("fleetd.heartbeat.failed", error=str(exc))
@@ -373,9 +413,14 @@ async def serve(roster: Roster) -> int:
     lock = Lock.acquire(settings.lock_path)
     store = Store(settings.db_path)
     bus = EventBus(store)
-    bus.sinks.append(_log_sink)
+    if settings.journal:
+        # Events go to journald as structured entries (stderr when there is none).
+        bus.sinks.append(AlertSink(JournalWriter(str(settings.journal_socket))).emit)
+    else:
+        bus.sinks.append(_log_sink)
+    notifier = Notifier.from_env(os.environ, os.getpid())
     run_id = store.run_started(os.getpid(), time.time())
-    fleet = Fleet(roster, store, bus)
+    fleet = Fleet(roster, store, bus, notifier)
     fleet.build()
     server = ControlServer(
         settings.socket_path,
@@ -402,6 +447,10 @@ async def serve(roster: Roster) -> int:
                 settings.self_heartbeat_interval,
                 run_id,
             )
+            if settings.metrics_address or settings.metrics_textfile:
+                await tg.start(_metrics, fleet)
+            # READY only now: roster loaded, store open, agents adopted, socket listening.
+            notifier.ready(fleet.status_line())
             log.info(
                 "fleetd.ready",
                 agents=len(roster.agents),
@@ -410,6 +459,7 @@ async def serve(roster: Roster) -> int:
             )
             await _signals(fleet, tg)
     finally:
+        notifier.stopping()
         store.run_stopped(run_id, time.time())
         bus.publish(
             "fleetd_stopped", "fleetd stopped; agents left running", data={"pid": os.getpid()}
@@ -426,10 +476,12 @@ async def _signals(fleet: Fleet, tg: anyio.abc.TaskGroup) -> None:
         interrupts = 0
         async for signum in signals:
             if signum == signal.SIGHUP:
+                fleet.notifier.reloading(time.monotonic_ns() // 1000)
                 try:
                     await fleet.reload()
                 except FleetError as exc:
                     log.error("fleetd.reload.refused", error=exc.message)
+                fleet.notifier.ready(fleet.status_line())
                 continue
             if signum == signal.SIGINT:
                 interrupts += 1
@@ -439,6 +491,30 @@ async def _signals(fleet: Fleet, tg: anyio.abc.TaskGroup) -> None:
             log.info("fleetd.stopping", signal=signal.Signals(signum).name)
             tg.cancel_scope.cancel()
             return
+
+
+async def _metrics(
+    fleet: Fleet, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """Refresh the Prometheus figures every cycle interval; serve or write them."""
+    from fleetd.metrics import Metrics
+
+    metrics = Metrics()
+    settings = fleet.roster.settings
+    async with anyio.create_task_group() as tg:
+        if settings.metrics_address:
+            await tg.start(metrics.serve, settings.metrics_address)
+        task_status.started()
+        seen = fleet.store.last_event_id()
+        while True:
+            fleet.update_metrics(metrics, seen)
+            seen = fleet.store.last_event_id()
+            if settings.metrics_textfile:
+                try:
+                    metrics.write_textfile(settings.metrics_textfile)
+                except OSError as exc:
+                    log.warning("metrics.textfile.failed", error=str(exc))
+            await anyio.sleep(settings.poll_interval)
 
 
 def _log_sink(event: dict[str, Any]) -> None:
@@ -476,6 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"fleetd: invalid roster, not starting:\n{exc.message}", file=sys.stderr)
         return exc.exit_status
+    configure_logging(roster.settings.log_format)
     try:
         return anyio.run(serve, roster)
     except FleetError as exc:

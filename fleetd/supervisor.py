@@ -41,6 +41,7 @@ from fleetd.executor import Executor
 from fleetd.heartbeat import Heartbeat, HeartbeatProblem, parse_heartbeat
 from fleetd.hosts.base import Host, HostSnapshot, ObserveRequest
 from fleetd.hosts.local import ExitWatcher, LocalHost, read_small_file, zombie_status
+from fleetd.hostwatch import HostWatch
 from fleetd.model import (
     Beat,
     CaptureForensics,
@@ -148,6 +149,11 @@ class HostSupervisor:
         self.host_incident: str | None = None
         self.reachable = True
         self.cycles = 0
+        # Host-level incidents (unreachable, health, escalation): one per host.
+        self.watch = HostWatch(
+            host, lambda: self.roster.hosts[self.host.name], store, bus, clock=clock, wall=wall
+        )
+        self.cycle_interval = roster.settings.poll_interval
         # Hooks for provider failover and drift (set by the daemon; no-ops here):
         # which provider an agent runs on, the environment that provider needs,
         # and a look at each agent after every observation cycle.
@@ -191,13 +197,16 @@ class HostSupervisor:
                 await self.sync()
                 task_status.started()
                 while True:
-                    with anyio.move_on_after(self.settings.poll_interval):
+                    with anyio.move_on_after(self.cycle_interval):
                         await self._wake.wait()
                     self._wake = anyio.Event()
                     await self.cycle()
         finally:
             if self._watcher is not None:
                 self._watcher.close()
+            # Leave no SSH connection (and its asyncssh tasks) behind.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5.0):
+                await self.host.close()
 
     def wake(self) -> None:
         """Run a cycle now (coalesced with any already requested)."""
@@ -216,28 +225,30 @@ class HostSupervisor:
     def _request(self) -> ObserveRequest:
         sockets = tuple(sorted({rt.spec.tmux_socket for rt in self.agents.values()}))
         files = tuple(sorted({p for rt in self.agents.values() if (p := heartbeat_path(rt.spec))}))
-        health = "/" if self.is_local else self.roster.hosts[self.host.name].health.disk_path
+        spec = self.roster.hosts.get(self.host.name)
+        health = spec.health.disk_path if spec is not None else "/"
         return ObserveRequest(sockets=sockets, files=files, health_path=health)
 
     async def cycle(self) -> None:
         started = self.clock()
         try:
+            if self.watch.in_backoff():
+                # SSH reconnect backoff: the incident is open and the agents are
+                # UNKNOWN already; skip quietly (no network, no new events).
+                self._maybe_escalate()
+                return
             snap = await self.host.observe(self._request())
         except HostError as exc:
+            self.watch.down(exc)
             self._host_down(str(exc.message))
+            self._maybe_escalate()
             return
         finally:
             if self.on_progress is not None:
                 self.on_progress()
         self.cycles += 1
-        if not self.reachable:
-            self.reachable = True
-            self.bus.publish(
-                "host_recovered",
-                f"host {self.host.name} is reachable again",
-                host=self.host.name,
-                incident=self.host_incident,
-            )
+        self.reachable = True
+        self.watch.up(snap)
         self.last_snapshot = snap
         self._check_tmux_servers(snap)
         for rt in list(self.agents.values()):
@@ -245,15 +256,13 @@ class HostSupervisor:
         self.last_cycle = self.wall()
         self.last_cycle_duration = self.clock() - started
 
+    def _maybe_escalate(self) -> None:
+        if self._tg is not None and self.watch.escalation_due():
+            self._tg.start_soon(self.watch.escalate)
+
     def _host_down(self, reason: str) -> None:
-        if self.reachable:
-            self.reachable = False
-            self.bus.publish(
-                "host_unreachable",
-                f"host {self.host.name} is unreachable: {reason}",
-                host=self.host.name,
-                alert=True,
-            )
+        # The host incident and its one alert are HostWatch's (see cycle()).
+        self.reachable = False
         for rt in self.agents.values():
             self.post(rt, HostDown(reason), None)
 
@@ -395,6 +404,9 @@ class HostSupervisor:
         the last cycle is never mistaken for a hang. A read that finds the file
         torn, empty or missing (a writer caught mid-write) is retried a few times
         within one heartbeat interval before the deadline is allowed to count."""
+        if not self.is_local:
+            await self._remote_deadline(rt)
+            return
         path = heartbeat_path(rt.spec)
         if path is not None and rt.agent.state in (State.STARTING, State.RUNNING):
             for _ in range(DEADLINE_REREADS):
@@ -408,6 +420,27 @@ class HostSupervisor:
                     break
                 await anyio.sleep(rt.spec.heartbeat_interval / DEADLINE_REREADS)
         await self.feed(rt, Tick())
+
+    async def _remote_deadline(self, rt: AgentRuntime) -> None:
+        """A remote agent's deadline: decide on a fresh observation, not a stale one.
+
+        Reading the heartbeat now would cost one SSH round trip per agent; instead
+        ask for an early cycle (``wake()`` coalesces the requests of every agent
+        whose deadline passed) and handle what that cycle posts: its beat, its
+        pane and the Tick that judges the deadline. No extra round trip."""
+        self.wake()
+        spec = self.roster.hosts.get(self.host.name)
+        bound = self.settings.poll_interval + (spec.connect_timeout if spec else 10.0) + 5.0
+        item: InboxItem | None = None
+        with anyio.move_on_after(bound):
+            item = await rt.receive.receive()
+        while item is not None:
+            await self._handle_item(rt, item)
+            try:
+                # The cycle posts all of an agent's inputs at once: take them all.
+                item = rt.receive.receive_nowait()
+            except anyio.WouldBlock:
+                item = None
 
     async def _handle_item(self, rt: AgentRuntime, item: InboxItem) -> None:
         inp, observed_at = item
@@ -563,6 +596,12 @@ class HostSupervisor:
 
     # --- views -------------------------------------------------------------------
 
+    def host_state(self) -> str:
+        """reachable | unreachable | key_rejected (see docs/remote.md)."""
+        if self.reachable:
+            return "reachable"
+        return "key_rejected" if self.watch.down_code == "host.key_rejected" else "unreachable"
+
     def describe(self, rt: AgentRuntime) -> dict[str, Any]:
         a = rt.agent
         now_mono, now_wall = self.clock(), self.wall()
@@ -571,7 +610,7 @@ class HostSupervisor:
         return {
             "name": rt.name,
             "host": self.host.name,
-            "host_state": "reachable" if self.reachable else "unreachable",
+            "host_state": self.host_state(),
             "state": str(a.state),
             "since": round(now_wall - (now_mono - a.since), 3),
             "pid": a.pid,

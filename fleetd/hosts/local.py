@@ -106,6 +106,13 @@ class ExitWatcher:
         return len(self._fds)
 
 
+# fleetd's environment minus what belongs to fleetd alone: a tmux server started by
+# fleetd hands its environment to every agent, and an agent must never be able to
+# ping fleetd's watchdog or pose as fleetd's main process.
+_PRIVATE = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
+CHILD_ENV = {k: v for k, v in os.environ.items() if k not in _PRIVATE}
+
+
 class LocalHost:
     name: str
 
@@ -118,7 +125,9 @@ class LocalHost:
     ) -> RunResult:
         try:
             with anyio.fail_after(timeout):
-                proc = await anyio.run_process(list(argv), input=stdin, check=False)
+                proc = await anyio.run_process(
+                    list(argv), input=stdin, check=False, env=CHILD_ENV
+                )
         except TimeoutError:
             raise CommandTimeout(
                 f"{argv[0]} did not finish within {timeout:g}s", argv=list(argv)
