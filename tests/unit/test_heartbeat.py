@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -130,6 +131,20 @@ def test_non_finite_ts_is_invalid(ts: bytes) -> None:
 )
 def test_ts_formats(text: str, expected: float) -> None:
     assert parse_ts(text) == pytest.approx(expected, abs=1e-6)
+
+
+def test_naive_ts_is_utc_whatever_the_local_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A POSIX TZ string needs no tzdata: local time is UTC+05:30 here.
+    monkeypatch.setenv("TZ", "IST-5:30")
+    time.tzset()
+    try:
+        assert parse_ts("2026-11-25T08:40:12.123456") == pytest.approx(TS, abs=1e-6)
+        assert ok(b"ts=2026-11-25T08:40:12.123456\npid=1\nstatus=idle\n").ts == pytest.approx(
+            TS, abs=1e-6
+        )
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 @pytest.mark.parametrize(
