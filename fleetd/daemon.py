@@ -16,6 +16,7 @@ import argparse
 import fcntl
 import os
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -114,6 +115,7 @@ class Fleet:
         self.progress_at = time.monotonic()
         self._tg: anyio.abc.TaskGroup | None = None
         self.reload_error: str | None = None
+        self.run_id = 0
 
     def on_progress(self) -> None:
         """Called by every completed supervision cycle: the only source of watchdog
@@ -260,6 +262,8 @@ class Fleet:
                 after_id=after, agent=agent, limit=limit, newest=after == 0, kinds=a.get("kinds")
             )
             return {"events": [e.to_dict() for e in found]}
+        if req.cmd in ("report", "uptime"):
+            return await self.history(req)
         if req.cmd == "hosts":
             return {
                 "hosts": [
@@ -286,6 +290,37 @@ class Fleet:
             )
             return await self.reload()
         raise InvalidCommand(f"'{req.cmd}' is not available in this version of fleetd")
+
+    async def history(self, req: protocol.Request) -> dict[str, Any]:
+        """Report / uptime from the event store, computed in a worker thread on its
+        own read connection so a long report never stalls supervision."""
+        from fleetd.history import compute, last_days
+        from fleetd.report import render_markdown, to_json, uptime_summary
+
+        days = _int_arg(req.args, "days", 30, 1, 3660)
+        agent = req.args.get("agent")
+        if agent is not None:
+            self.find(agent)
+        self.store.run_seen(self.run_id, time.time())
+        path = self.roster.settings.db_path
+        targets = self.roster.targets
+        names = sorted(self.roster.agents)
+
+        def work() -> dict[str, Any]:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            conn.row_factory = sqlite3.Row
+            try:
+                h = compute(conn, *last_days(time.time(), days), targets, agents=names)
+            finally:
+                conn.close()
+            if req.cmd == "uptime":
+                return uptime_summary(h, agent)
+            return {
+                "report": to_json(h),
+                "markdown": render_markdown(h, sparklines=True),
+            }
+
+        return await anyio.to_thread.run_sync(work)
 
     def _host_row(self, name: str, sup: HostSupervisor) -> dict[str, Any]:
         snap = sup.last_snapshot
@@ -421,6 +456,7 @@ async def serve(roster: Roster) -> int:
     notifier = Notifier.from_env(os.environ, os.getpid())
     run_id = store.run_started(os.getpid(), time.time())
     fleet = Fleet(roster, store, bus, notifier)
+    fleet.run_id = run_id
     fleet.build()
     server = ControlServer(
         settings.socket_path,
