@@ -173,13 +173,94 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--agent")
     ev.add_argument("--limit", type=int, default=50)
     ev.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    rep = sub.add_parser("report", help="uptime, capacity and the phase report")
+    rep.add_argument("--days", type=int, default=30)
+    rep.add_argument(
+        "--format",
+        choices=("md", "json"),
+        default=None,
+        help="md (default) or json (same as --json)",
+    )
+    rep.add_argument("--output", "-o", help="write the report to this file")
+    up = sub.add_parser("uptime", help="uptime of the fleet or one agent")
+    up.add_argument("agent", nargs="?")
+    up.add_argument("--days", type=int, default=30)
+    dm = sub.add_parser(
+        "deadman", help="exit non-zero if fleetd is not running, not answering or stale"
+    )
+    dm.add_argument("--max-age", default="60s", help="heartbeat age limit (default 60s)")
+    dm.add_argument("--heartbeat", help="fleetd's heartbeat file (default: next to the socket)")
+    dm.add_argument("--ping-timeout", default="3s", help="control socket answer limit")
     sub.add_parser("reload", help="re-read the roster")
     sub.add_parser("hosts", help="hosts and their health")
     sub.add_parser("ping", help="check that fleetd answers")
     return p
 
 
+def deadman(args: argparse.Namespace) -> int:
+    """Checks that work when fleetd is gone: for cron or a timer on another host."""
+    from pathlib import Path
+
+    from fleetd.deadman import check, report_to_journal
+    from fleetd.durations import parse_duration
+    from fleetd.journal import JournalWriter
+
+    socket_path = Path(args.socket)
+    hb = Path(args.heartbeat) if args.heartbeat else socket_path.parent / "fleetd.heartbeat"
+    result = check(
+        socket_path,
+        hb,
+        parse_duration(args.max_age),
+        time.time(),
+        timeout=parse_duration(args.ping_timeout),
+    )
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "ok": result.ok,
+                    "problems": list(result.problems),
+                    "heartbeat_age": result.heartbeat_age,
+                    "pid": result.pid,
+                }
+            )
+        )
+    if result.ok:
+        if not args.json:
+            print(result.summary())
+        return 0
+    report_to_journal(result, JournalWriter())
+    if not args.json:
+        for problem in result.problems:
+            print(f"fleetctl deadman: {problem}", file=sys.stderr)
+    return 1
+
+
+def render_uptime(result: dict[str, Any]) -> str:
+    def pct(v: Any) -> str:
+        return "-" if v is None else f"{v:.2f}%"
+
+    rows = []
+    for a in result.get("agents") or ([result["agent"]] if "agent" in result else []):
+        rows.append(
+            [
+                a["name"],
+                pct(a.get("uptime_pct")),
+                pct(a.get("utilization_pct")),
+                str(a.get("restarts", "-")),
+                str(a.get("hangs", "-")),
+            ]
+        )
+    fleet = result.get("fleet")
+    head = ""
+    if fleet:
+        head = f"fleet uptime {pct(fleet.get('uptime_pct'))} over the window\n\n"
+    return head + table(rows, ["AGENT", "UPTIME", "BUSY", "RESTARTS", "HANGS"])
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.verb == "deadman":
+        return deadman(args)
     with Client(args.socket, timeout=args.timeout) as client:
         if args.verb == "events" and args.follow:
             req: dict[str, Any] = {}
@@ -202,7 +283,25 @@ def run(args: argparse.Namespace) -> int:
                 call_args["agent"] = args.agent
         if args.verb == "ps" and args.host:
             call_args["host"] = args.host
+        if args.verb in ("report", "uptime"):
+            call_args["days"] = args.days
+        if args.verb == "uptime" and args.agent:
+            call_args["agent"] = args.agent
         result = client.call(args.verb, call_args)
+    if args.verb == "report":
+        as_json = args.json or args.format == "json"
+        text = (
+            json.dumps(result["report"], indent=2, sort_keys=True)
+            if as_json
+            else result["markdown"]
+        )
+        if args.output:
+            with open(args.output, "w", encoding="utf-8") as fh:
+                fh.write(text + "\n")
+            print(f"report written to {args.output}")
+        else:
+            print(text)
+        return 0
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
         return 0
@@ -227,6 +326,8 @@ def run(args: argparse.Namespace) -> int:
             "roster reloaded: "
             + "; ".join(f"{k}: {', '.join(v) or '-'}" for k, v in result.items())
         )
+    elif args.verb == "uptime":
+        print(render_uptime(result))
     elif args.verb == "ping":
         print(f"fleetd {result['version']} pid {result['pid']}: {result['status']}")
     return 0

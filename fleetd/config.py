@@ -39,7 +39,7 @@ from fleetd.errors import ConfigError, ConfigNotFound
 
 # Names end up in tmux targets, file names, SQL rows and journald fields. Restricting
 # them here means no later layer has to escape them (tmux still gets '#' doubled).
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 NAME_RULE = "1-64 characters: letters, digits, '-' and '_', starting with a letter or digit"
 
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
@@ -47,7 +47,7 @@ LOCAL_HOST = "local"
 
 
 def _check_name(value: str, what: str) -> str:
-    if not NAME_RE.match(value):
+    if not NAME_RE.fullmatch(value):
         raise ValueError(f"{what} {value!r} is not allowed: use {NAME_RULE}")
     return value
 
@@ -167,7 +167,7 @@ class AgentEntry(_Frozen):
     @classmethod
     def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
         for key in v:
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
                 raise ValueError(f"environment variable name {key!r} is not valid")
         return v
 
@@ -326,8 +326,10 @@ class _RosterFile(_Frozen):
 
 
 def _resolve_agent(name: str, entry: AgentEntry, d: AgentDefaults) -> AgentSpec:
-    interval = entry.heartbeat_interval or d.heartbeat_interval
-    factor = entry.staleness_factor or d.staleness_factor
+    interval = (
+        entry.heartbeat_interval if entry.heartbeat_interval is not None else d.heartbeat_interval
+    )
+    factor = entry.staleness_factor if entry.staleness_factor is not None else d.staleness_factor
     grace = entry.start_grace if entry.start_grace is not None else d.start_grace
     command: tuple[str, ...] | str = (
         entry.command if isinstance(entry.command, str) else tuple(entry.command)

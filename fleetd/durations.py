@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -30,6 +31,8 @@ def parse_duration(value: str | float | int) -> float:
                 raise ValueError(
                     f"{value!r} is not a duration; write e.g. '500ms', '15s', '2m' or '1h30m'"
                 ) from None
+    if not math.isfinite(seconds):
+        raise ValueError(f"{value!r} is not a finite duration")
     if seconds < 0:
         raise ValueError(f"{value!r}: a duration cannot be negative")
     return seconds

@@ -21,6 +21,7 @@ users in this package do.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -102,7 +103,9 @@ def parse_heartbeat(data: bytes | None) -> Heartbeat | HeartbeatProblem:
         return HeartbeatProblem("torn", f"missing {', '.join(missing)}")
     try:
         ts = parse_ts(values["ts"])
-    except ValueError:
+        if not math.isfinite(ts):
+            raise ValueError("not finite")
+    except (ValueError, OverflowError):
         return HeartbeatProblem("invalid", f"ts is not a time: {values['ts'][:60]!r}")
     try:
         pid = int(values["pid"])

@@ -20,7 +20,8 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     S.RUNNING: frozenset({S.STARTING, S.BACKOFF, S.HUNG, S.STOPPED, S.FATAL, S.PAUSED, S.UNKNOWN}),
     # A hung agent is being killed; its death then leads to a restart or a stop.
     S.HUNG: frozenset({S.STARTING, S.BACKOFF, S.STOPPED, S.FATAL, S.PAUSED, S.UNKNOWN}),
-    S.BACKOFF: frozenset({S.STARTING, S.STOPPED, S.FATAL, S.PAUSED, S.UNKNOWN}),
+    # RUNNING: a live pane found while waiting to restart is adopted, not doubled.
+    S.BACKOFF: frozenset({S.STARTING, S.RUNNING, S.STOPPED, S.FATAL, S.PAUSED, S.UNKNOWN}),
     S.STOPPED: frozenset({S.STARTING, S.PAUSED, S.UNKNOWN}),
     S.FATAL: frozenset({S.STARTING, S.STOPPED, S.PAUSED}),
     # Resume hands the agent back to observation, which adopts whatever runs.

@@ -160,6 +160,11 @@ class Store:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(SCHEMA)
+            # History's indexes and rollups table live in the same file; created here
+            # so that reports can run on a read-only connection.
+            from fleetd.history import ensure_schema
+
+            ensure_schema(self._db)
             self._db.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,)
             )

@@ -83,11 +83,11 @@ def parse_request(line: bytes) -> Request:
     """Parse one request line; raise a ProtocolError subclass with a stable code."""
     try:
         obj = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ProtocolError("request is not valid JSON") from None
     if not isinstance(obj, dict):
         raise ProtocolError("request must be a JSON object")
-    if obj.get("v") != VERSION:
+    if type(obj.get("v")) is not int or obj.get("v") != VERSION:
         raise UnsupportedVersion(
             f"protocol version {obj.get('v')!r} is not supported; use {VERSION}"
         )
@@ -113,7 +113,7 @@ def request_id(line: bytes) -> Any:
     """Best effort: the id of a request that failed to parse, for the error reply."""
     try:
         obj = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     return obj.get("id") if isinstance(obj, dict) else None
 

@@ -230,21 +230,12 @@ def test_every_problem_is_reported_at_once() -> None:
     assert_names(message, "agents.reviewer.providers", "no provider named")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: NAME_RE ends in '$', which also matches before a trailing newline, "
-    "so an agent named 'coder\\n' is accepted (use \\Z or re.fullmatch)",
-)
 def test_agent_name_with_trailing_newline_is_refused() -> None:
     data = copy.deepcopy(VALID)
     data["agents"]["coder\n"] = {"command": ["x"], "window": "w2"}
     refused(data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the env-name regex ends in '$', so 'FOO\\n' is accepted as a variable name",
-)
 def test_env_name_with_trailing_newline_is_refused() -> None:
     refused(roster_with(env={"FOO\n": "1"}))
 

@@ -104,11 +104,6 @@ def test_size_limit_is_inclusive() -> None:
     assert problem(fits + b"\n") == "too_large"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: parse_ts uses float(), so ts=nan/inf parse; a NaN ts never equals the "
-    "last ts seen, so a frozen file with ts=nan counts as a new beat on every read",
-)
 @pytest.mark.parametrize("ts", [b"nan", b"inf", b"-inf"])
 def test_non_finite_ts_is_invalid(ts: bytes) -> None:
     assert problem(b"ts=" + ts + b"\npid=1\nstatus=idle\n") == "invalid"

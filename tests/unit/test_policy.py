@@ -744,11 +744,6 @@ def test_random_inputs_keep_lifecycle_legal_and_one_incarnation() -> None:
     assert transitions > 2000  # the walk really moved through the lifecycle
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: decide(BACKOFF agent, PaneAlive) moves BACKOFF -> RUNNING, "
-    "which lifecycle.TRANSITIONS[BACKOFF] does not allow: IllegalTransition",
-)
 def test_alive_pane_seen_in_backoff_does_not_raise() -> None:
     run = Run(make_spec())
     run.start(100.0)

@@ -119,11 +119,6 @@ def test_error_messages_name_the_problem() -> None:
         parse_request(line({"v": 1, "id": 1, "cmd": "nuke"}))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: deeply nested JSON makes json.loads raise RecursionError, which "
-    "parse_request does not translate; the server's _one() catches only FleetError",
-)
 def test_deeply_nested_request_is_a_protocol_error() -> None:
     with pytest.raises(ProtocolError):
         parse_request(b"[" * 5000 + b"\n")
