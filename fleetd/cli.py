@@ -65,7 +65,7 @@ def render_ps(result: dict[str, Any]) -> str:
         rows.append(
             [
                 a["name"],
-                a["host"] + ("" if a.get("host_state", "reachable") == "reachable" else "(down)"),
+                _host_cell(a),
                 a["state"],
                 _age(a["since"], now),
                 str(a["pid"] or "-"),
@@ -80,6 +80,37 @@ def render_ps(result: dict[str, Any]) -> str:
     return table(rows, header) + (f"\n\n{counts}" if counts else "")
 
 
+def render_providers(result: dict[str, Any]) -> str:
+    now = time.time()
+    rows = [
+        [
+            p["name"],
+            p["state"] + (" (manual)" if p.get("manual") else ""),
+            _age(p.get("since"), now),
+            str(p.get("outages", 0)),
+            _secs(p.get("hold_down")),
+            p.get("model") or "-",
+            ",".join(p.get("agents") or []) or "-",
+            p.get("reason") or "",
+        ]
+        for p in result["providers"]
+    ]
+    header = ["PROVIDER", "STATE", "FOR", "OUTAGES", "HOLD-DOWN", "MODEL", "AGENTS", "REASON"]
+    out = table(rows, header)
+    down = result.get("all_down")
+    if down:
+        out += (
+            f"\n\nNO HEALTHY PROVIDER for {', '.join(down['agents'])} "
+            f"(incident {down.get('incident')})"
+        )
+    return out
+
+
+def _host_cell(a: dict[str, Any]) -> str:
+    state = a.get("host_state", "reachable")
+    return a["host"] if state == "reachable" else f"{a['host']}({state})"
+
+
 def render_show(a: dict[str, Any]) -> str:
     now = time.time()
     lines = [
@@ -90,7 +121,9 @@ def render_show(a: dict[str, Any]) -> str:
         f"heartbeat  {_secs(a.get('heartbeat_age'))} ago, status {a.get('heartbeat_status')}"
         + (f", problem: {a['heartbeat_problem']}" if a.get("heartbeat_problem") else ""),
         f"reports    runtime={a.get('runtime')} model={a.get('model')} "
-        f"provider={a.get('provider')} busy={a.get('busy')}",
+        f"provider={a.get('reported_provider', a.get('provider'))} busy={a.get('busy')}",
+        f"provider   {a.get('provider') or '-'} (fleetd's choice)"
+        + (f"; DRIFT {a['drift']}" if a.get("drift") else ""),
         f"incident   {a.get('incident') or '-'}",
         f"tmux       -L {a['tmux']['socket']} {a['tmux']['session']}:{a['tmux']['window']}",
     ]
@@ -138,18 +171,33 @@ def render_hosts(result: dict[str, Any]) -> str:
         rows.append(
             [
                 h["name"],
-                h["kind"],
+                h.get("mode") or h["kind"],
                 h["state"],
+                h.get("connection") or "-",
                 _age(h.get("last_contact"), now),
                 str(h["agents"]),
                 f"{hl['disk_free_pct']:.0f}%" if hl else "-",
                 f"{hl['mem_available_pct']:.0f}%" if hl else "-",
                 f"{hl['load1']:.2f}" if hl else "-",
+                _host_note(h),
             ]
         )
-    return table(
-        rows, ["HOST", "KIND", "STATE", "CONTACT", "AGENTS", "DISK FREE", "MEM AVAIL", "LOAD"]
-    )
+    header = ["HOST", "MODE", "STATE", "CONN", "CONTACT", "AGENTS", "DISK FREE", "MEM AVAIL"]
+    return table(rows, [*header, "LOAD", "NOTE"])
+
+
+def _host_note(h: dict[str, Any]) -> str:
+    """Open incidents and the last connection error, for people (JSON has them all)."""
+    notes = []
+    if h.get("host_incident"):
+        notes.append(f"incident {h['host_incident']}")
+    if h.get("health_problems"):
+        notes.append("UNHEALTHY: " + "; ".join(h["health_problems"]))
+    if h.get("fleetd_down"):
+        notes.append("remote fleetd down, hub polling")
+    if h.get("state") != "reachable" and h.get("last_error"):
+        notes.append(str(h["last_error"])[:80])
+    return ", ".join(notes) or "-"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,9 +239,23 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--max-age", default="60s", help="heartbeat age limit (default 60s)")
     dm.add_argument("--heartbeat", help="fleetd's heartbeat file (default: next to the socket)")
     dm.add_argument("--ping-timeout", default="3s", help="control socket answer limit")
+    dm.add_argument(
+        "--journal-socket",
+        default="/run/systemd/journal/socket",
+        help="where to write the crit entry when the check fails",
+    )
     sub.add_parser("reload", help="re-read the roster")
     sub.add_parser("hosts", help="hosts and their health")
     sub.add_parser("ping", help="check that fleetd answers")
+    sub.add_parser("providers", help="provider health and who runs on each")
+    fo = sub.add_parser("failover", help="move an agent to another provider of its chain")
+    fo.add_argument("agent")
+    fo.add_argument("--to", help="provider (default: the next healthy one in its chain)")
+    fb = sub.add_parser("failback", help="move an agent back to its first healthy provider")
+    fb.add_argument("agent")
+    pv = sub.add_parser("provider", help="mark a provider down (held) or up")
+    pv.add_argument("action", choices=("down", "up"))
+    pv.add_argument("provider")
     return p
 
 
@@ -229,7 +291,7 @@ def deadman(args: argparse.Namespace) -> int:
         if not args.json:
             print(result.summary())
         return 0
-    report_to_journal(result, JournalWriter())
+    report_to_journal(result, JournalWriter(args.journal_socket))
     if not args.json:
         for problem in result.problems:
             print(f"fleetctl deadman: {problem}", file=sys.stderr)
@@ -273,8 +335,12 @@ def run(args: argparse.Namespace) -> int:
                 return 0
             return 0
         call_args: dict[str, Any] = {}
-        if args.verb in (*AGENT_VERBS, "show", "logs"):
+        if args.verb in (*AGENT_VERBS, "show", "logs", "failover", "failback"):
             call_args["agent"] = args.agent
+        if args.verb == "failover" and args.to:
+            call_args["to"] = args.to
+        if args.verb == "provider":
+            call_args.update(provider=args.provider, action=args.action)
         if args.verb == "logs":
             call_args["limit"] = args.limit
         if args.verb == "events":
@@ -328,6 +394,14 @@ def run(args: argparse.Namespace) -> int:
         )
     elif args.verb == "uptime":
         print(render_uptime(result))
+    elif args.verb == "providers":
+        print(render_providers(result))
+    elif args.verb in ("failover", "failback"):
+        moved = f"moved from {result.get('from')} to" if result.get("moved") else "stays on"
+        print(f"{result['agent']}: {moved} {result['provider']}")
+    elif args.verb == "provider":
+        held = " (held by operator)" if result.get("manual") else ""
+        print(f"{result['name']}: {result['state']}{held}")
     elif args.verb == "ping":
         print(f"fleetd {result['version']} pid {result['pid']}: {result['status']}")
     return 0
