@@ -241,6 +241,36 @@ class ProviderSpec(_Frozen):
     error_statuses: tuple[str, ...] = ("provider_error", "rate_limited")
     error_patterns: tuple[str, ...] = ()
 
+    @field_validator("error_patterns")
+    @classmethod
+    def _patterns_compile(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for p in v:
+            try:
+                re.compile(p, re.MULTILINE)
+            except re.error as exc:
+                raise ValueError(f"{p!r} is not a valid regular expression: {exc}") from None
+        return v
+
+    @field_validator("probe_url")
+    @classmethod
+    def _probe_scheme(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError(f"probe_url {v!r} must be an http:// or https:// URL with a host")
+        return v
+
+    @model_validator(mode="after")
+    def _secrets_apart(self) -> ProviderSpec:
+        for name in self.secret_env:
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+                raise ValueError(f"secret_env: {name!r} is not a valid variable name")
+        both = sorted(set(self.env) & set(self.secret_env))
+        if both:
+            raise ValueError(
+                f"{', '.join(both)} in both env and secret_env: a secret's value must come "
+                "from fleetd's environment, never from the roster"
+            )
+        return self
+
 
 class Settings(BaseSettings):
     """Daemon settings: the roster's ``[settings]`` table, overridden by ``FLEETD_*``."""

@@ -42,6 +42,8 @@ from fleetd.errors import (
     UnknownAgent,
 )
 from fleetd.events import EventBus
+from fleetd.failover import ProviderManager
+from fleetd.federation import FederatedSupervisor, supervisor_class
 from fleetd.hosts.base import Host
 from fleetd.hosts.local import LocalHost
 from fleetd.journal import JournalWriter
@@ -116,6 +118,7 @@ class Fleet:
         self._tg: anyio.abc.TaskGroup | None = None
         self.reload_error: str | None = None
         self.run_id = 0
+        self.providers = ProviderManager(roster, store, bus)
 
     def on_progress(self) -> None:
         """Called by every completed supervision cycle: the only source of watchdog
@@ -166,13 +169,15 @@ class Fleet:
                 metrics.inc_restart(e.agent)
 
     def new_supervisor(self, host_name: str) -> HostSupervisor:
-        sup = HostSupervisor(
+        # mode = "federated": the host's own fleetd supervises (fleetd/federation.py).
+        sup = supervisor_class(self.roster.hosts[host_name].mode)(
             make_host(host_name, self.roster),
             self.roster,
             self.store,
             self.bus,
             on_progress=self.on_progress,
         )
+        self.providers.attach(sup)  # provider choice, env, reports, drift, redaction
         # The watchdog is pinged from completed cycles: cycle at least that often.
         max_sleep = self.notifier.max_sleep()
         if max_sleep is not None:
@@ -195,15 +200,24 @@ class Fleet:
                 return sup, rt
         raise UnknownAgent(f"no agent named {name!r} in the roster", agent=name)
 
+    def _describe(self, sup: HostSupervisor, rt: AgentRuntime) -> dict[str, Any]:
+        """``describe`` plus the provider fleetd runs it on and its open drift."""
+        row = sup.describe(rt)
+        row["reported_provider"] = row.get("provider")
+        row.update(self.providers.agent_row(rt.name))
+        return row
+
     def all_agents(self) -> list[dict[str, Any]]:
-        rows = [sup.describe(rt) for sup in self.supervisors.values() for rt in sup.agents.values()]
+        sups = self.supervisors.values()
+        rows = [self._describe(sup, rt) for sup in sups for rt in sup.agents.values()]
         return sorted(rows, key=lambda r: (r["host"], r["name"]))
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for sup in self.supervisors.values():
             for rt in sup.agents.values():
-                key = str(rt.agent.state).lower()
+                # describe(): a federated host's agents are counted as its fleetd sees them.
+                key = str(sup.describe(rt)["state"]).lower()
                 out[key] = out.get(key, 0) + 1
         return out
 
@@ -238,7 +252,7 @@ class Fleet:
             return {"agents": rows, "counts": self.counts()}
         if req.cmd == "show":
             sup, rt = self.find(a["agent"])
-            detail = sup.describe(rt)
+            detail = self._describe(sup, rt)
             detail["spec"] = rt.spec.model_dump(mode="json", exclude={"env"})
             detail["env_keys"] = sorted(rt.spec.env)
             detail["recent_events"] = [
@@ -246,7 +260,11 @@ class Fleet:
             ]
             return detail
         if req.cmd == "logs":
-            _, rt = self.find(a["agent"])
+            sup, rt = self.find(a["agent"])
+            if isinstance(sup, FederatedSupervisor):
+                forwarded = await sup.forward("logs", dict(a))
+                if forwarded is not None:
+                    return forwarded
             limit = _int_arg(a, "limit", 5, 1, 100)
             return {
                 "agent": rt.name,
@@ -289,6 +307,15 @@ class Fleet:
                 "operator_command", f"uid {uid} ran reload", data={"uid": uid, "cmd": "reload"}
             )
             return await self.reload()
+        if req.cmd in ("providers", "failover", "failback", "provider"):
+            if req.definition.mutating:
+                self.bus.publish(
+                    "operator_command",
+                    f"uid {uid} ran {req.cmd} {' '.join(str(v) for v in a.values())}",
+                    agent=a.get("agent") if isinstance(a.get("agent"), str) else None,
+                    data={"uid": uid, "cmd": req.cmd, **a},
+                )
+            return await self.providers.handle(req.cmd, a, uid)
         raise InvalidCommand(f"'{req.cmd}' is not available in this version of fleetd")
 
     async def history(self, req: protocol.Request) -> dict[str, Any]:
@@ -327,6 +354,7 @@ class Fleet:
         health = snap.health if snap else None
         return {
             **sup.watch.row(),  # connection, incidents, escalation (docs/remote.md)
+            **(sup.fed_row() if isinstance(sup, FederatedSupervisor) else {}),
             "name": name,
             "kind": self.roster.hosts[name].kind,
             "state": sup.host_state(),
@@ -382,6 +410,7 @@ class Fleet:
         removed = [n for n in old.agents if n not in new.agents]
         changed = [n for n in new.agents if n in old.agents and new.agents[n] != old.agents[n]]
         self.roster = new
+        self.providers.reload(new)
         for name in removed:
             sup, rt = self.find(name)
             if rt.agent.state in (State.RUNNING, State.STARTING, State.HUNG):
@@ -475,6 +504,7 @@ async def serve(roster: Roster) -> int:
     try:
         async with anyio.create_task_group() as tg:
             await fleet.start(tg)
+            await tg.start(fleet.providers.run)
             await tg.start(server.serve)
             tg.start_soon(
                 self_heartbeat,

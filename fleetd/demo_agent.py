@@ -54,6 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runtime", default="demo-agent")
     p.add_argument("--interval", type=float, default=None)
     p.add_argument("--no-heartbeat", action="store_true")
+    p.add_argument(
+        "--status-file", help="read the status from this file at every step (tests change it)"
+    )
+    p.add_argument(
+        "--model-file",
+        help="if this file appears, switch to the model it names and delete it (like /model)",
+    )
+    p.add_argument("--print-env", action="append", default=[], help="print VAR=value (leaky agent)")
     args = p.parse_args(argv)
 
     name = os.environ.get("FLEETD_AGENT", "demo")
@@ -65,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     hang_at = _jitter(args.hang_after, args.spread)
     start = time.monotonic()
     print(f"[{name}] starting, pid {os.getpid()}, provider={provider} model={model}", flush=True)
+    for var in args.print_env:
+        print(f"[{name}] {var}={os.environ.get(var, '')}", flush=True)
     step = 0
     while True:
         elapsed = time.monotonic() - start
@@ -79,6 +89,19 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(3600)
         busy = (step // 3) % 2 == 0
         status = args.status or ("working" if busy else "idle")
+        if args.status_file:
+            try:
+                with open(args.status_file, encoding="utf-8") as fh:
+                    wanted = fh.read().strip()
+            except OSError:
+                wanted = ""
+            if wanted:
+                status, busy = wanted, wanted != "idle"
+        if args.model_file and os.path.exists(args.model_file):
+            with open(args.model_file, encoding="utf-8") as fh:
+                model = fh.read().strip() or model
+            os.unlink(args.model_file)
+            print(f"[{name}] switched to model {model}", flush=True)
         if hb_path:
             write_beat(hb_path, status, busy, model, provider, args.runtime)
         print(f"[{name}] step {step}: {status}", flush=True)

@@ -331,6 +331,8 @@ def _on_command(
             reason=why,
         )
         return agent, [*actions, Spawn(why)]
+    if cmd.verb == "correct":
+        return _on_correct(agent, spec, cmd, ctx)
     if cmd.verb == "stop":
         if st is S.STOPPED:
             return agent, []
@@ -364,6 +366,41 @@ def _on_command(
             Emit("agent_resumed", f"{agent.name} resumed by operator", fields=_fields(agent, **who))
         ]
     raise InvalidCommand(f"unknown agent command {cmd.verb!r}")
+
+
+def _on_correct(
+    agent: Agent, spec: AgentSpec, cmd: Command, ctx: Ctx
+) -> tuple[Agent, list[Action]]:
+    """A drift correction: fleetd restarts a running agent with its declared config.
+
+    Unlike an operator restart it keeps the restart history, so it counts towards
+    backoff and the intensity limit. With the limit reached it is skipped (the
+    drift alert stays open for an operator) rather than parking a running agent
+    in FATAL.
+    """
+    st = agent.state
+    if st not in lifecycle.LIVE_STATES:
+        return agent, []
+    if agent.started_at is not None and agent.started_at >= cmd.received:
+        return agent, []  # restarted since the drift was seen
+    why = cmd.reason or "drift correction"
+    recent = tuple(t for t in agent.restarts if ctx.now - t < spec.intensity.window)
+    if len(recent) >= spec.intensity.max_restarts:
+        return agent, [
+            Emit(
+                "drift_correction_skipped",
+                f"{agent.name} not restarted ({why}): {len(recent)} restarts within "
+                f"{spec.intensity.window:g}s already",
+                fields=_fields(agent, cause=why),
+            )
+        ]
+    actions: list[Action] = [
+        Emit("agent_restart_requested", f"{agent.name} restarted: {why}", fields=_fields(agent)),
+        CaptureForensics(why),
+        Kill(why, agent.pid),
+    ]
+    agent, more = _restart_or_park(agent, spec, ctx, why)
+    return agent, [*actions, *more]
 
 
 def _on_alive(

@@ -160,6 +160,9 @@ class HostSupervisor:
         self.provider_for: Callable[[AgentRuntime], ProviderSpec | None] = lambda rt: None
         self.provider_env: Callable[[AgentRuntime, ProviderSpec], dict[str, str]] = lambda rt, p: {}
         self.observed: Callable[[AgentRuntime, Pane | None], None] | None = None
+        # Applied to captured scrollback and heartbeat text before they are stored
+        # or sent anywhere (provider secrets must never reach the store or journal).
+        self.redact: Callable[[str], str] = lambda text: text
 
     # --- setup ----------------------------------------------------------------
 
@@ -266,16 +269,14 @@ class HostSupervisor:
         for rt in self.agents.values():
             self.post(rt, HostDown(reason), None)
 
-    def _check_tmux_servers(self, snap: HostSnapshot) -> None:
-        """A vanished tmux server is one host incident, not one alert per agent."""
-        gone = {s for s, pl in snap.panes.items() if not pl.server_running}
-        affected = [
-            rt
-            for rt in self.agents.values()
-            if rt.spec.tmux_socket in gone
-            and rt.agent.state in (State.RUNNING, State.STARTING, State.HUNG)
-        ]
-        if affected and self.host_incident is None:
+    def _tmux_gone(self, gone: set[str]) -> str:
+        """Open (once) the host incident for vanished tmux servers; return its id.
+
+        Reached from a cycle or from the first death event the vanished server
+        caused, whichever comes first; either way one alert for the host.
+        """
+        if self.host_incident is None:
+            affected = [rt.name for rt in self.agents.values() if rt.spec.tmux_socket in gone]
             self.host_incident = f"{self.host.name}-tmux-{uuid.uuid4().hex[:8]}"
             sockets = ", ".join(sorted(gone))
             self.store.open_incident(
@@ -288,8 +289,21 @@ class HostSupervisor:
                 host=self.host.name,
                 incident=self.host_incident,
                 alert=True,
-                data={"sockets": sorted(gone), "agents": [rt.name for rt in affected]},
+                data={"sockets": sorted(gone), "agents": affected},
             )
+        return self.host_incident
+
+    def _check_tmux_servers(self, snap: HostSnapshot) -> None:
+        """A vanished tmux server is one host incident, not one alert per agent."""
+        gone = {s for s, pl in snap.panes.items() if not pl.server_running}
+        affected = [
+            rt
+            for rt in self.agents.values()
+            if rt.spec.tmux_socket in gone
+            and rt.agent.state in (State.RUNNING, State.STARTING, State.HUNG)
+        ]
+        if affected and self.host_incident is None:
+            self._tmux_gone(gone)
         elif (
             self.host_incident is not None
             and not gone
@@ -459,31 +473,39 @@ class HostSupervisor:
         if observed_at is not None and observed_at < rt.acted_at:
             return  # observed before our last spawn/kill: stale
         if isinstance(inp, Recheck):
-            pane = await self._settled_pane(rt)
+            pane, server = await self._settled_pane(rt)
             rt.pane = pane
-            await self.feed(rt, self._pane_input(rt, pane, True))
+            if not server:
+                self._tmux_gone({rt.spec.tmux_socket})
+            await self.feed(rt, self._pane_input(rt, pane, server))
             return
         await self.feed(rt, inp)
 
-    async def _settled_pane(self, rt: AgentRuntime) -> Pane | None:
-        """The pane after its process exited. tmux notices the pty closing before
-        it reaps the child, so for a moment a pane can look alive, or dead with no
-        exit status; wait briefly (bounded) for tmux to record how it ended."""
+    async def _settled_pane(self, rt: AgentRuntime) -> tuple[Pane | None, bool]:
+        """The pane after its process exited, and whether its tmux server still runs.
+
+        tmux notices the pty closing before it reaps the child, so for a moment a
+        pane can look alive, or dead with no exit status; wait briefly (bounded)
+        for tmux to record how it ended, or read it from the zombie locally."""
         pane = None
         for attempt in range(RECHECK_TRIES):
-            pane = await self.executor.pane_of(rt.spec)
+            plist = await self.executor.pane_list(rt.spec.tmux_socket)
+            if plist is not None and not plist.server_running:
+                return None, False
+            pane = None if plist is None else plist.panes.get(rt.name)
             if pane is None or (
                 pane.dead and (pane.dead_status is not None or pane.dead_signal is not None)
             ):
-                return pane
+                return pane, True
             if self.is_local:
                 status = zombie_status(pane.pid)
                 if status is not None:
-                    return replace(pane, dead=True, dead_status=status[0], dead_signal=status[1])
+                    dead = replace(pane, dead=True, dead_status=status[0], dead_signal=status[1])
+                    return dead, True
             if pane.dead and attempt >= 2:
-                return pane  # dead; tmux will not say how: record it as unknown
+                return pane, True  # dead; tmux will not say how: record it as unknown
             await anyio.sleep(RECHECK_PAUSE * (attempt + 1))
-        return pane
+        return pane, True
 
     async def feed(self, rt: AgentRuntime, inp: Input) -> None:
         """Decide on one input and carry out the actions, in order."""
@@ -555,7 +577,7 @@ class HostSupervisor:
 
     async def _forensics(self, rt: AgentRuntime, action: CaptureForensics) -> None:
         pane = rt.pane if rt.pane is not None else await self.executor.pane_of(rt.spec)
-        scrollback = await self.executor.capture(rt.spec, pane)
+        scrollback = self.redact(await self.executor.capture(rt.spec, pane))
         rt.forensics_id = self.store.add_forensics(
             self.wall(),
             self.host.name,
@@ -565,7 +587,7 @@ class HostSupervisor:
             signal=action.signal,
             pid=pane.pid if pane else rt.agent.pid,
             scrollback=scrollback,
-            heartbeat=rt.heartbeat_raw,
+            heartbeat=None if rt.heartbeat_raw is None else self.redact(rt.heartbeat_raw),
         )
         rt.scrollback_tail = scrollback
 
@@ -578,8 +600,9 @@ class HostSupervisor:
         return render_argv(rt.spec.command, values), workdir, render_env(rt.spec, values, penv)
 
     async def _spawn(self, rt: AgentRuntime, action: Spawn) -> None:
-        argv, workdir, env = self.render(rt)
         try:
+            # Inside the try: rendering fails (provider.error) when a secret is missing.
+            argv, workdir, env = self.render(rt)
             pane_id, pid = await self.executor.spawn(rt.spec, rt.pane, argv, workdir, env)
         except FleetError as exc:
             rt.acted_at = self.clock()
