@@ -23,7 +23,7 @@ from fleetd import tmux
 from fleetd.config import AgentSpec, Settings
 from fleetd.errors import FleetError, TmuxError
 from fleetd.hosts.base import Host, RunResult
-from fleetd.tmux import Pane, parse_panes
+from fleetd.tmux import Pane, PaneList, parse_panes
 
 log = structlog.get_logger("fleetd.executor")
 
@@ -45,12 +45,19 @@ class Executor:
             raise TmuxError(f"tmux {what} failed: {res.stderr.strip() or res.returncode}")
         return res.stdout
 
+    async def pane_list(self, socket: str) -> PaneList | None:
+        """All agent panes of one tmux server; None if tmux could not be asked."""
+        res = await self.host.run(tmux.list_panes(socket), timeout=15.0)
+        if res.ok:
+            return parse_panes(res.stdout)
+        if tmux.is_no_server(res.stderr):
+            return PaneList(server_running=False, panes={})
+        return None
+
     async def pane_of(self, spec: AgentSpec) -> Pane | None:
         """The agent's pane right now (a targeted look, used after a death event)."""
-        res = await self.host.run(tmux.list_panes(spec.tmux_socket), timeout=15.0)
-        if not res.ok:
-            return None
-        return parse_panes(res.stdout).panes.get(spec.name)
+        plist = await self.pane_list(spec.tmux_socket)
+        return None if plist is None else plist.panes.get(spec.name)
 
     async def ensure_pane(self, spec: AgentSpec, known: Pane | None) -> str:
         """Return the id of the agent's pane, creating session/window if missing."""

@@ -254,8 +254,9 @@ class HostSupervisor:
         self.watch.up(snap)
         self.last_snapshot = snap
         self._check_tmux_servers(snap)
+        answered = self.clock()
         for rt in list(self.agents.values()):
-            self._post_observation(rt, snap, started)
+            self._post_observation(rt, snap, started, answered)
         self.last_cycle = self.wall()
         self.last_cycle_duration = self.clock() - started
 
@@ -321,11 +322,17 @@ class HostSupervisor:
             )
             self.host_incident = None
 
-    def _post_observation(self, rt: AgentRuntime, snap: HostSnapshot, at: float) -> None:
+    def _post_observation(
+        self, rt: AgentRuntime, snap: HostSnapshot, at: float, answered: float
+    ) -> None:
+        """Post one cycle's findings. ``at`` (when the cycle began) dates the
+        observation for the staleness guard; ``answered`` (when the host's answer,
+        and its clock ``snap.wall``, came back) anchors heartbeat ages, since the
+        files may have been read long after the cycle began (a slow tmux)."""
         plist: PaneList | None = snap.panes.get(rt.spec.tmux_socket)
         hb_path = heartbeat_path(rt.spec)
         if hb_path is not None:
-            beat = self._beat_from(rt, snap.files.get(hb_path), snap.wall, at)
+            beat = self._beat_from(rt, snap.files.get(hb_path), snap.wall, answered)
             if beat is not None:
                 self.post(rt, beat, at)
         if plist is None:

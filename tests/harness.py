@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -199,6 +200,14 @@ class Fleet:
         if kinds:
             args["kinds"] = kinds
         return list(self.call("events", args)["events"])
+
+    def store_events(self) -> list[tuple[str, str | None, str]]:
+        """(kind, agent, message) straight from the SQLite store, fleetd running or not."""
+        db = sqlite3.connect(self.state_dir / "events.sqlite3")
+        try:
+            return list(db.execute("SELECT kind, agent, message FROM events ORDER BY id"))
+        finally:
+            db.close()
 
     def wait_state(self, name: str, *states: str, timeout: float = 20.0) -> dict[str, Any]:
         return dict(
