@@ -23,11 +23,13 @@ from fleetd import tmux
 from fleetd.config import AgentSpec, Settings
 from fleetd.errors import FleetError, TmuxError
 from fleetd.hosts.base import Host, RunResult
+from fleetd.hosts.local import LocalHost
 from fleetd.tmux import Pane, PaneList, parse_panes
 
 log = structlog.get_logger("fleetd.executor")
 
 KILL_POLL = 0.05
+KILL_POLL_REMOTE = 0.5
 KILL_AFTER_GRACE = 5.0
 
 
@@ -35,6 +37,7 @@ class Executor:
     def __init__(self, host: Host, settings: Settings) -> None:
         self.host = host
         self.settings = settings
+        self.local = isinstance(host, LocalHost)
         # Creating sessions/windows is serialized per host: two agents starting at
         # once must not both try to create the same tmux session.
         self._create = anyio.Lock()
@@ -140,8 +143,10 @@ class Executor:
             return "gone"
         await self.host.signal_group(pid, signal.SIGTERM)
         deadline = time.monotonic() + spec.stop_timeout
+        # Locally a liveness check is a /proc read; remotely it is a round trip.
+        poll = KILL_POLL if self.local else KILL_POLL_REMOTE
         while time.monotonic() < deadline:
-            await anyio.sleep(KILL_POLL)
+            await anyio.sleep(poll)
             if not await self.host.alive(pid):
                 return "terminated"
         await self.host.signal_group(pid, signal.SIGKILL)
@@ -149,5 +154,5 @@ class Executor:
         while time.monotonic() < deadline:
             if not await self.host.alive(pid):
                 break
-            await anyio.sleep(KILL_POLL)
+            await anyio.sleep(poll)
         return "killed"

@@ -103,9 +103,9 @@ def parse_heartbeat(data: bytes | None) -> Heartbeat | HeartbeatProblem:
         return HeartbeatProblem("torn", f"missing {', '.join(missing)}")
     try:
         ts = parse_ts(values["ts"])
-        if not math.isfinite(ts):
-            raise ValueError("not finite")
     except (ValueError, OverflowError):
+        ts = math.nan
+    if not math.isfinite(ts):
         return HeartbeatProblem("invalid", f"ts is not a time: {values['ts'][:60]!r}")
     try:
         pid = int(values["pid"])

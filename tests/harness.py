@@ -127,7 +127,7 @@ class Fleet:
     def start(self, wait: bool = True) -> subprocess.Popen[bytes]:
         if not self.roster.exists():
             self.write_roster()
-        logf = open(self.log, "ab")  # noqa: SIM115 - closed with the process
+        logf = open(self.log, "ab")  # closed below, once the child has its copy
         self.proc = subprocess.Popen(
             [PY, "-m", "fleetd", "--config", str(self.roster)],
             env=self.env,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -126,12 +127,12 @@ def test_tmux_server_killed_is_one_host_incident(fleet: Fleet, journald: Journal
     server = fleet.tmux_server_pid()
     assert server is not None
     os.kill(server, signal.SIGKILL)
+    def restored(n: str) -> bool:
+        a = fleet.agent(n)
+        return bool(a["state"] == "RUNNING" and a["pid"] != old[n])
+
     for n in names:
-        wait_for(
-            lambda n=n: (a := fleet.agent(n))["state"] == "RUNNING" and a["pid"] != old[n],
-            timeout=30,
-            what=f"{n} restored",
-        )
+        wait_for(functools.partial(restored, n), timeout=30, what=f"{n} restored")
     gone = journald.wait_for("FLEETD_EVENT=host_tmux_gone")
     assert len(gone) == 1 and gone[0]["PRIORITY"] == "3"
     alerts = [e for e in journald.query() if int(e["PRIORITY"]) <= 3]
