@@ -53,10 +53,13 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(2.0)  # longer than probe_timeout, bounded so shutdown is quick
         code = 503 if prov.mode in ("503", "hang") else 200
         body = b"down" if code == 503 else b"ok"
-        self.send_response(code)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.send_response(code)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:
+            pass  # the prober gave up on a hanging request and hung up
 
     def log_message(self, format: str, *args: Any) -> None:
         return
@@ -127,6 +130,11 @@ def provider_fleet(
             runtime="demo-agent",
             **agent_fields,
         )
+    write_roster(f, provs)
+
+
+def write_roster(f: Fleet, provs: dict[str, dict[str, Any]]) -> None:
+    """The harness roster plus ``[providers.X]`` tables."""
     f.write_roster()
     lines = [f.roster.read_text()]
     for pname, body in provs.items():
