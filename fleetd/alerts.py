@@ -61,10 +61,13 @@ PRIORITY: dict[str, int] = {
             "drift_cleared",
             "host_health_ok",
             "incident_closed",
+            "providers_all_down_cleared",
         ),
         NOTICE,
     ),
-    **dict.fromkeys(("agent_backoff", "failover", "failback"), WARNING),
+    **dict.fromkeys(
+        ("agent_backoff", "failover", "failback", "drift_correction_skipped"), WARNING
+    ),
 }
 
 IDENTIFIER = "fleetd"

@@ -95,7 +95,7 @@ class HostDown:
 class Command:
     """An operator command; ``received`` is the monotonic time fleetd received it."""
 
-    verb: str  # start | stop | restart | pause | resume
+    verb: str  # start | stop | restart | pause | resume | correct (drift correction)
     received: float
     uid: int | None = None
     reason: str = ""  # why, when fleetd itself asks (failover, drift correction)

@@ -71,8 +71,38 @@ def test_priority(kind: str, alert: bool, expected: int) -> None:
     assert priority(kind, alert) == expected
 
 
-def test_every_listed_kind_has_a_priority() -> None:
-    assert len(PRIORITY) == 4 + 7 + 6 + 3
+ALERTING_KINDS = (
+    "agent_dead",
+    "agent_hung",
+    "agent_fatal",
+    "agent_spawn_failed",
+    "host_unreachable",
+    "host_key_rejected",
+    "host_tmux_gone",
+    "host_health_bad",
+    "host_fleetd_down",
+    "provider_down",
+    "providers_all_down",
+    "drift_detected",
+    "fleetd_deadman",
+    "reload_failed",
+)
+RECOVERY_KINDS = (
+    "agent_recovered",
+    "host_recovered",
+    "host_health_ok",
+    "provider_up",
+    "providers_all_down_cleared",
+    "drift_cleared",
+)
+
+
+def test_every_alerting_kind_pages_and_every_recovery_is_a_notice() -> None:
+    # Each event kind fleetd raises with alert=True must reach `journalctl -p err`.
+    for kind in ALERTING_KINDS:
+        assert priority(kind, True) <= 3, kind
+    for kind in RECOVERY_KINDS:
+        assert PRIORITY.get(kind) == 5, kind
 
 
 def test_journal_fields() -> None:
