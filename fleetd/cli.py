@@ -209,19 +209,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print the daemon's JSON reply")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a reply")
+    # --json is accepted after the command too (`fleetctl ps --json`); SUPPRESS keeps
+    # a command's parser from resetting a --json given before the command.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
+    common.add_argument("--socket", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("--timeout", type=float, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="verb", required=True, metavar="COMMAND")
-    sub.add_parser("ps", help="list agents and their state").add_argument("--host")
-    sub.add_parser("show", help="one agent in detail").add_argument("agent")
+    sub.add_parser("ps", parents=[common], help="list agents and their state").add_argument(
+        "--host"
+    )
+    sub.add_parser("show", parents=[common], help="one agent in detail").add_argument("agent")
     for verb in AGENT_VERBS:
-        sub.add_parser(verb, help=f"{verb} an agent").add_argument("agent")
-    logs = sub.add_parser("logs", help="forensics captured before restarts")
+        sub.add_parser(verb, parents=[common], help=f"{verb} an agent").add_argument("agent")
+    logs = sub.add_parser("logs", parents=[common], help="forensics captured before restarts")
     logs.add_argument("agent")
     logs.add_argument("--limit", type=int, default=3)
-    ev = sub.add_parser("events", help="the event log")
+    ev = sub.add_parser("events", parents=[common], help="the event log")
     ev.add_argument("--agent")
     ev.add_argument("--limit", type=int, default=50)
     ev.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
-    rep = sub.add_parser("report", help="uptime, capacity and the phase report")
+    rep = sub.add_parser("report", parents=[common], help="uptime, capacity and the phase report")
     rep.add_argument("--days", type=int, default=30)
     rep.add_argument(
         "--format",
@@ -230,11 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="md (default) or json (same as --json)",
     )
     rep.add_argument("--output", "-o", help="write the report to this file")
-    up = sub.add_parser("uptime", help="uptime of the fleet or one agent")
+    up = sub.add_parser("uptime", parents=[common], help="uptime of the fleet or one agent")
     up.add_argument("agent", nargs="?")
     up.add_argument("--days", type=int, default=30)
     dm = sub.add_parser(
-        "deadman", help="exit non-zero if fleetd is not running, not answering or stale"
+        "deadman",
+        parents=[common],
+        help="exit non-zero if fleetd is not running, not answering or stale",
     )
     dm.add_argument("--max-age", default="60s", help="heartbeat age limit (default 60s)")
     dm.add_argument("--heartbeat", help="fleetd's heartbeat file (default: next to the socket)")
@@ -244,16 +256,20 @@ def build_parser() -> argparse.ArgumentParser:
         default="/run/systemd/journal/socket",
         help="where to write the crit entry when the check fails",
     )
-    sub.add_parser("reload", help="re-read the roster")
-    sub.add_parser("hosts", help="hosts and their health")
-    sub.add_parser("ping", help="check that fleetd answers")
-    sub.add_parser("providers", help="provider health and who runs on each")
-    fo = sub.add_parser("failover", help="move an agent to another provider of its chain")
+    sub.add_parser("reload", parents=[common], help="re-read the roster")
+    sub.add_parser("hosts", parents=[common], help="hosts and their health")
+    sub.add_parser("ping", parents=[common], help="check that fleetd answers")
+    sub.add_parser("providers", parents=[common], help="provider health and who runs on each")
+    fo = sub.add_parser(
+        "failover", parents=[common], help="move an agent to another provider of its chain"
+    )
     fo.add_argument("agent")
     fo.add_argument("--to", help="provider (default: the next healthy one in its chain)")
-    fb = sub.add_parser("failback", help="move an agent back to its first healthy provider")
+    fb = sub.add_parser(
+        "failback", parents=[common], help="move an agent back to its first healthy provider"
+    )
     fb.add_argument("agent")
-    pv = sub.add_parser("provider", help="mark a provider down (held) or up")
+    pv = sub.add_parser("provider", parents=[common], help="mark a provider down (held) or up")
     pv.add_argument("action", choices=("down", "up"))
     pv.add_argument("provider")
     return p

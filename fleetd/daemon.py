@@ -47,7 +47,7 @@ from fleetd.federation import FederatedSupervisor, supervisor_class
 from fleetd.hosts.base import Host
 from fleetd.hosts.local import LocalHost
 from fleetd.journal import JournalWriter
-from fleetd.model import State
+from fleetd.model import NOT_RESTART_CAUSES, State
 from fleetd.render import check_agent
 from fleetd.store import Store
 from fleetd.supervisor import AgentRuntime, HostSupervisor
@@ -165,7 +165,7 @@ class Fleet:
                 metrics.inc_hang(e.agent)
             elif e.kind == "failover":
                 metrics.inc_failover(e.agent)
-            elif not str(e.data.get("cause", "")).startswith(("operator", "not running")):
+            elif not str(e.data.get("cause", "")).startswith(NOT_RESTART_CAUSES):
                 metrics.inc_restart(e.agent)
 
     def new_supervisor(self, host_name: str) -> HostSupervisor:
@@ -506,6 +506,7 @@ async def serve(roster: Roster) -> int:
             await fleet.start(tg)
             await tg.start(fleet.providers.run)
             await tg.start(server.serve)
+            tg.start_soon(compact_history, settings.db_path, settings.retention_days)
             tg.start_soon(
                 self_heartbeat,
                 fleet,
@@ -557,6 +558,41 @@ async def _signals(fleet: Fleet, tg: anyio.abc.TaskGroup) -> None:
             log.info("fleetd.stopping", signal=signal.Signals(signum).name)
             tg.cancel_scope.cancel()
             return
+
+
+COMPACT_EVERY = 6 * 3600.0
+
+
+async def compact_history(db_path: Path, retention_days: int) -> None:
+    """Fold raw events older than the retention into daily rollups, now and every few
+    hours, on its own connection in a worker thread (minutes on a big store must not
+    stall supervision). Reports over the kept window are unchanged by it."""
+    from fleetd.history import compact
+
+    def work() -> int:
+        conn = sqlite3.connect(db_path, timeout=30)
+        conn.row_factory = sqlite3.Row
+        try:
+            target = time.time() - retention_days * 86400.0
+            row = conn.execute("SELECT MIN(ts) FROM events WHERE agent IS NOT NULL").fetchone()
+            step = row[0] if row and row[0] is not None else target
+            folded = 0
+            # One day per transaction: the daemon's own writes wait at most that long.
+            while step < target:
+                step = min(target, step + 86400.0)
+                folded += compact(conn, step)
+            return folded
+        finally:
+            conn.close()
+
+    while True:
+        try:
+            folded = await anyio.to_thread.run_sync(work)
+            if folded:
+                log.info("history.compacted", rows=folded, retention_days=retention_days)
+        except sqlite3.Error as exc:
+            log.warning("history.compact.failed", error=str(exc))
+        await anyio.sleep(COMPACT_EVERY)
 
 
 async def _metrics(

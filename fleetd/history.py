@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleetd.config import Targets
+from fleetd.model import NOT_RESTART_CAUSES
 
 DAY = 86400.0
 
@@ -353,7 +354,9 @@ class _Agent:
         elif kind == "agent_idle":
             self.busy = False
         counted = kind in ("agent_started", "agent_hung", "failover")
-        if counted and not (kind == "agent_started" and (cause or "").startswith("operator")):
+        if counted and not (
+            kind == "agent_started" and (cause or "").startswith(NOT_RESTART_CAUSES)
+        ):
             bk = self._bucket(int(t // DAY), t)
             if kind == "agent_started":
                 bk.restarts += 1

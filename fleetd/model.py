@@ -12,6 +12,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+# The reason recorded when an agent is started because it was not running when
+# fleetd first looked: a start, not a restart (history and metrics do not count it).
+FIRST_START = "first start"
+NOT_RESTART_CAUSES = ("operator", FIRST_START)
+
 
 class State(StrEnum):
     """Agent lifecycle states; names follow supervisord where they fit."""

@@ -23,6 +23,7 @@ from fleetd import lifecycle
 from fleetd.config import AgentSpec
 from fleetd.errors import InvalidCommand
 from fleetd.model import (
+    FIRST_START,
     Action,
     Beat,
     CaptureForensics,
@@ -565,9 +566,9 @@ def decide(agent: Agent, spec: AgentSpec, inp: Input, ctx: Ctx) -> tuple[Agent, 
         ):
             # First sight of an agent that is not running: start it, nothing failed.
             agent = _move(
-                agent, S.STARTING, ctx.now, started_at=ctx.now, pid=None, reason="not running"
+                agent, S.STARTING, ctx.now, started_at=ctx.now, pid=None, reason=FIRST_START
             )
-            return agent, [Spawn("not running")]
+            return agent, [Spawn(FIRST_START)]
         return _on_death(agent, spec, inp, ctx)
     if isinstance(inp, SpawnDone):
         if agent.state is not S.STARTING:

@@ -563,7 +563,9 @@ class HostSupervisor:
                 extra["scrollback"] = rt.scrollback_tail
         ts = None
         died = data.get("died_wall")
-        if isinstance(died, int | float) and died <= self.wall():
+        # tmux dates a death to the whole second: better than "now" only when the
+        # death was noticed late (fleetd was down, a cycle was slow).
+        if isinstance(died, int | float) and died <= self.wall() - 1.0:
             ts = float(died)
         if e.alert and incident:
             self.store.open_incident(str(incident), "agent", rt.name, e.kind, self.wall())
