@@ -14,6 +14,7 @@ import os
 import random
 import sys
 import time
+import urllib.request
 
 from fleetd.heartbeat import format_heartbeat
 
@@ -35,6 +36,15 @@ def write_beat(
             )
         )
     os.replace(tmp, path)
+
+
+def _provider_answers(url: str) -> bool:
+    """True if the (demo) provider at ``url`` answers 200 within a second."""
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as resp:  # noqa: S310 - roster's URL
+            return int(resp.status) == 200
+    except (OSError, ValueError):
+        return False
 
 
 def _jitter(value: float | None, spread: float) -> float | None:
@@ -62,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         help="if this file appears, switch to the model it names and delete it (like /model)",
     )
     p.add_argument("--print-env", action="append", default=[], help="print VAR=value (leaky agent)")
+    p.add_argument(
+        "--provider-url",
+        default=os.environ.get("DEMO_PROVIDER_URL"),
+        help="GET this every step; report provider_error while it fails (default: "
+        "$DEMO_PROVIDER_URL, set by the demo roster's provider env)",
+    )
     args = p.parse_args(argv)
 
     name = os.environ.get("FLEETD_AGENT", "demo")
@@ -97,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
                 wanted = ""
             if wanted:
                 status, busy = wanted, wanted != "idle"
+        if args.provider_url and not _provider_answers(args.provider_url):
+            status, busy = "provider_error", False
+            print(f"[{name}] API Error: 503 from provider {provider}", flush=True)
         if args.model_file and os.path.exists(args.model_file):
             with open(args.model_file, encoding="utf-8") as fh:
                 model = fh.read().strip() or model
