@@ -33,6 +33,7 @@ import string
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import urllib.request
 import uuid
@@ -337,17 +338,25 @@ class Demo:
         return "provider stand-ins: " + "; ".join(parts)
 
     def frame(self, remaining: float | None) -> str:
-        now = time.time()
-        elapsed = now - (self.ready_wall or self.started_wall)
+        """One screen: what is going on, how to look closer, then fleetctl's views.
+
+        On a terminal the header is wrapped (it holds the commands to copy), the
+        tables are cut at the terminal's width, and the event list gets the rows
+        that are left, so the screen does not scroll.
+        """
+        size = shutil.get_terminal_size((120, 40)) if self.tty else os.terminal_size((0, 0))
+        elapsed = time.time() - (self.ready_wall or self.started_wall)
         left = "" if remaining is None else f", ends by itself in {max(0, remaining):.0f} s"
-        out = [
+        head = [
             f"fleetd demo - {int(elapsed) // 60}:{int(elapsed) % 60:02d} elapsed{left}"
             " - Ctrl-C stops it and cleans up",
-            HEADLINE,
-            f"watch the agents: {self.attach_hint()}   (detach: Ctrl-b d)",
-            f"ask fleetd:       {self.fleetctl_hint()} ps | events | logs crashy | show hangy",
+            *(textwrap.wrap(HEADLINE, size.columns) if self.tty else [HEADLINE]),
+            f"watch the agents (detach: Ctrl-b d): {self.attach_hint()}",
+            f"ask fleetd: {self.fleetctl_hint()} ps | events | logs crashy | show hangy",
             "",
         ]
+        body: list[str] = []
+        events: list[str] = []
         try:
             ps = self.call("ps")
             for row in ps["agents"]:
@@ -356,24 +365,30 @@ class Demo:
                     self.fatal_since.setdefault(row["name"], time.monotonic())
                 else:
                     self.fatal_since.pop(row["name"], None)
-            out += ["$ fleetctl ps", render_ps(ps), ""]
+            body += ["$ fleetctl ps", render_ps(ps), ""]
             with contextlib.suppress(FleetError):  # an older fleetd has no 'providers'
-                out += ["$ fleetctl providers", render_providers(self.call("providers")), ""]
-            out += [self.provider_line(), ""]
-            events = self.call("events", {"limit": 200})["events"]
-            shown = [
-                e for e in sorted(events, key=lambda e: e["id"]) if e["kind"] not in QUIET_KINDS
+                body += ["$ fleetctl providers", render_providers(self.call("providers")), ""]
+            body += [self.provider_line(), ""]
+            found = self.call("events", {"limit": 200})["events"]
+            events = [
+                render_event(e)
+                for e in sorted(found, key=lambda e: e["id"])
+                if e["kind"] not in QUIET_KINDS
             ]
-            out.append(f"$ fleetctl events   (last {EVENTS_SHOWN}; busy/idle left out)")
-            out += [render_event(e) for e in shown[-EVENTS_SHOWN:]]
         except FleetError as exc:
-            out.append(f"fleetd does not answer: {exc.message}")
-        if self.notes:
-            out += ["", *self.notes[-3:]]
+            body.append(f"fleetd does not answer: {exc.message}")
+        notes = ["", *self.notes[-3:]] if self.notes else []
+        body = "\n".join(body).splitlines()
+        shown = EVENTS_SHOWN
         if self.tty:
-            width = shutil.get_terminal_size((120, 40)).columns
-            out = [line[:width] for line in "\n".join(out).splitlines()]
-        return "\n".join(out)
+            head_rows = sum(max(1, -(-len(line) // size.columns)) for line in head)
+            spare = size.lines - head_rows - len(body) - len(notes) - 2
+            shown = max(3, min(EVENTS_SHOWN, spare))
+            body = [line[: size.columns] for line in body]
+        tail = [f"$ fleetctl events   (last {shown}; busy/idle left out)", *events[-shown:]]
+        if self.tty:
+            tail = [line[: size.columns] for line in tail]
+        return "\n".join(head + body + tail + notes)
 
     def revive_fatal(self) -> None:
         """Run `fleetctl restart` on agents that have been FATAL for REVIVE_AFTER seconds."""
@@ -437,26 +452,29 @@ class Demo:
             proc.kill()
             proc.wait(5)
 
-    def _strays(self) -> list[psutil.Process]:
-        """Processes (not us, not our parents) whose environment or argv points into the demo."""
-        mine = _ancestors()
+    def belongs(self, p: psutil.Process) -> bool:
+        """True if ``p``'s command line or environment points into the demo directory.
+
+        Checked before killing a pid the demo only remembers (an agent seen in
+        ``ps``): by then that pid may belong to someone else.
+        """
         root = str(self.root)
-        found = []
-        for p in psutil.process_iter(["pid", "cmdline"]):
-            if p.pid in mine:
-                continue
-            try:
-                cmdline = " ".join(p.info["cmdline"] or [])
-                env = p.environ() if root not in cmdline else {}
-            except psutil.Error:
-                continue
-            if (
-                root in cmdline
-                or env.get("TMUX_TMPDIR") == str(self.tmux_tmpdir)
-                or env.get("FLEETD_HEARTBEAT_FILE", "").startswith(root + os.sep)
-            ):
-                found.append(p)
-        return found
+        try:
+            if p.status() == psutil.STATUS_ZOMBIE:
+                return False
+            if root in " ".join(p.cmdline()):
+                return True
+            env = p.environ()
+        except psutil.Error:
+            return False
+        return env.get("TMUX_TMPDIR") == str(self.tmux_tmpdir) or env.get(
+            "FLEETD_HEARTBEAT_FILE", ""
+        ).startswith(root + os.sep)
+
+    def _strays(self) -> list[psutil.Process]:
+        """Processes (not us, not our parents) that still belong to the demo."""
+        mine = _ancestors()
+        return [p for p in psutil.process_iter() if p.pid not in mine and self.belongs(p)]
 
     def cleanup(self) -> list[str]:
         """Stop everything the demo started, by pid. Returns what it did, for the log."""
@@ -477,7 +495,7 @@ class Demo:
             for pid in pids:
                 with contextlib.suppress(psutil.Error):
                     p = psutil.Process(pid)
-                    if p not in victims and p.pid not in _ancestors():
+                    if p not in victims and p.pid not in _ancestors() and self.belongs(p):
                         victims.append(p)
         if victims:
             _terminate(victims)
@@ -602,6 +620,22 @@ def _sleep_until(deadline: float, stop: StopFlag) -> None:
         time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
 
+def say(text: str, *, err: bool = False) -> None:
+    """Print, ignoring a closed terminal or pipe: output must never stop the clean-up."""
+    with contextlib.suppress(OSError, ValueError):
+        stream = sys.stderr if err else sys.stdout
+        stream.write(text + "\n")
+        stream.flush()
+
+
+def _show(demo: Demo, remaining: float | None) -> None:
+    screen = demo.frame(remaining)
+    if demo.tty:
+        say("\033[H\033[2J" + screen)  # home + clear: one steady screen
+    else:
+        say(f"\n===== {time.strftime('%H:%M:%S')} =====\n{screen}")
+
+
 def run(args: argparse.Namespace) -> int:
     stop = StopFlag()
     stop.install()
@@ -610,9 +644,10 @@ def run(args: argparse.Namespace) -> int:
     root = root.resolve()
     demo = Demo(root=root, refresh=args.refresh, tty=sys.stdout.isatty())
     status = 0
+    stopped_wall = time.time()
     try:
         demo.prepare()
-        print(f"fleetd demo: starting in {root} ...", flush=True)
+        say(f"fleetd demo: starting in {root} ...")
         demo.write_roster(demo.start_providers())
         ready = demo.start_fleetd(stop)
         end = None if args.duration is None else time.monotonic() + args.duration
@@ -622,57 +657,53 @@ def run(args: argparse.Namespace) -> int:
                 stop.why = f"--duration {args.duration:g} s elapsed"
                 break
             demo.revive_fatal()
-            screen = demo.frame(remaining)
-            if demo.tty:
-                sys.stdout.write("\033[H\033[2J" + screen + "\n")
-            else:
-                sys.stdout.write(f"\n===== {time.strftime('%H:%M:%S')} =====\n{screen}\n")
-            sys.stdout.flush()
+            _show(demo, remaining)
             fleetd = demo.children["fleetd"]
             if fleetd.poll() is not None:
-                print(f"fleetd exited unexpectedly (status {fleetd.returncode})", flush=True)
+                say(f"fleetd exited unexpectedly (status {fleetd.returncode})")
                 status = 1
                 break
             nxt = time.monotonic() + demo.refresh
             _sleep_until(nxt if end is None else min(nxt, end), stop)
     except (RuntimeError, FleetError, OSError) as exc:
-        print(f"fleetd demo: {exc}", file=sys.stderr, flush=True)
+        say(f"fleetd demo: {exc}", err=True)
         status = 1
     finally:
-        print(f"\nfleetd demo: stopping ({stop.why or 'done'}), cleaning up ...", flush=True)
+        stopped_wall = time.time()
+        say(f"\nfleetd demo: stopping ({stop.why or 'done'}), cleaning up ...")
         for line in demo.cleanup():
-            print(f"  {line}", flush=True)
+            say(f"  {line}")
     if status:
-        log = root / "logs" / "fleetd.log"
         with contextlib.suppress(OSError):
-            print("last lines of fleetd's log:\n" + "\n".join(log.read_text().splitlines()[-30:]))
-    _print_summary(demo)
+            tail = (root / "logs" / "fleetd.log").read_text(errors="replace").splitlines()[-30:]
+            say("last lines of fleetd's log:\n" + "\n".join(tail))
+    _print_summary(demo, stopped_wall)
     if made_root and not args.keep and status == 0:
         shutil.rmtree(root, ignore_errors=True)
     else:
-        print(f"\ndemo files kept in {root} (roster, logs, event store)")
+        say(f"\ndemo files kept in {root} (roster, logs, event store)")
     return status
 
 
-def _print_summary(demo: Demo) -> None:
+def _print_summary(demo: Demo, end: float) -> None:
     if not demo.db_path.exists():
         return
-    end = time.time()
     try:
         summary = summarize(read_events(demo.db_path))
     except sqlite3.Error as exc:
-        print(f"no summary: cannot read {demo.db_path}: {exc}")
+        say(f"no summary: cannot read {demo.db_path}: {exc}")
         return
-    print("\n== what fleetd did")
+    say("\n== what fleetd did")
     for line in summary.lines():
-        print(line)
+        say(line)
     if demo.primary_outages and not summary.counts.get("provider_down"):
-        print("(the primary stand-in went down, but this fleetd recorded no provider_down)")
-    print("\n== report (fleetd.history + fleetd.report over the demo's event store)\n")
+        say("(the primary stand-in went down, but this fleetd recorded no provider_down)")
+    say("\n== report (fleetd.history + fleetd.report over the demo's event store)\n")
+    start = demo.ready_wall or demo.started_wall
     try:
-        print(history_report(demo.db_path, demo.roster_path, demo.started_wall, end))
+        say(history_report(demo.db_path, demo.roster_path, start, end))
     except (sqlite3.Error, FleetError, ValueError) as exc:
-        print(f"(no history report: {exc})")
+        say(f"(no history report: {exc})")
 
 
 def build_parser() -> argparse.ArgumentParser:
