@@ -523,6 +523,8 @@ class Summary:
     parked: int  # deaths followed by FATAL or an operator command before any respawn
     unanswered: int  # deaths with no respawn before the demo ended
     outages: int  # provider_down events that opened an outage (relapses are not alerts)
+    # The same times split by what started them: "agent_dead" / "agent_hung".
+    by_kind: dict[str, list[float]] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         c = self.counts
@@ -536,11 +538,15 @@ class Summary:
             f"{c.get('drift_detected', 0)}",
         ]
         if self.respawn_times:
-            ts = sorted(self.respawn_times)
+            out.append(f"death/hang -> respawn: {_stats(self.respawn_times)}")
+            labels = {"agent_dead": "  after a death", "agent_hung": "  after a hang "}
+            for kind, label in labels.items():
+                if self.by_kind.get(kind):
+                    out.append(f"{label}: {_stats(self.by_kind[kind])}")
             out.append(
-                f"death/hang -> respawn: median {statistics.median(ts):.2f} s, "
-                f"max {ts[-1]:.2f} s over {len(ts)} (includes the backoff delay; "
-                "for hangs, the TERM/KILL of the hung process)"
+                "  (measured from the event store: a death is dated when the process died, a"
+                " hang when its heartbeat deadline passed; includes the backoff delay and, for"
+                " a hang, the TERM/KILL of the hung process)"
             )
         extra = []
         if self.parked:
@@ -560,8 +566,9 @@ def summarize(rows: Sequence[EventTuple]) -> Summary:
     not respawn it on its own).
     """
     counts: dict[str, int] = {}
-    open_deaths: dict[str, float] = {}
+    open_deaths: dict[str, tuple[float, str]] = {}
     times: list[float] = []
+    by_kind: dict[str, list[float]] = {}
     parked = outages = 0
     for ts, kind, agent, alert in rows:
         counts[kind] = counts.get(kind, 0) + 1
@@ -570,12 +577,19 @@ def summarize(rows: Sequence[EventTuple]) -> Summary:
             continue
         if kind in DEATH_KINDS:
             # A hang followed by the kill's death is one incident: keep the first time.
-            open_deaths.setdefault(agent, ts)
+            open_deaths.setdefault(agent, (ts, kind))
         elif kind == "agent_started" and agent in open_deaths:
-            times.append(max(0.0, ts - open_deaths.pop(agent)))
+            since, cause = open_deaths.pop(agent)
+            times.append(max(0.0, ts - since))
+            by_kind.setdefault(cause, []).append(times[-1])
         elif kind in PARK_KINDS and open_deaths.pop(agent, None) is not None:
             parked += 1
-    return Summary(counts, times, parked, len(open_deaths), outages)
+    return Summary(counts, times, parked, len(open_deaths), outages, by_kind)
+
+
+def _stats(values: Sequence[float]) -> str:
+    ordered = sorted(values)
+    return f"median {statistics.median(ordered):.2f} s, max {ordered[-1]:.2f} s over {len(ordered)}"
 
 
 def read_events(db: Path) -> list[EventTuple]:

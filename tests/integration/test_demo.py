@@ -219,5 +219,6 @@ def test_summary_pairs_each_death_with_the_next_start() -> None:
     ]
     s = summarize(rows)
     assert s.respawn_times == [0.5, 2.0]
+    assert s.by_kind == {"agent_dead": [0.5], "agent_hung": [2.0]}
     assert (s.parked, s.unanswered, s.outages) == (1, 1, 1)
     assert s.counts["agent_dead"] == 3
