@@ -333,7 +333,7 @@ class HostSupervisor:
         hb_path = heartbeat_path(rt.spec)
         if hb_path is not None:
             beat = self._beat_from(rt, snap.files.get(hb_path), snap.wall, answered)
-            if beat is not None:
+            if beat is not None and beat.ts_wall != rt.agent.last_beat_wall:
                 self.post(rt, beat, at)
         if plist is None:
             return  # this socket could not be listed: no news is not bad news
@@ -342,8 +342,22 @@ class HostSupervisor:
             rt.pane = pane
             if self.observed is not None:
                 self.observed(rt, pane)
-        self.post(rt, self._pane_input(rt, pane, plist.server_running), at)
-        self.post(rt, Tick(), at)
+        # Post only what can change a decision: with hundreds of agents, a no-op
+        # decision per agent per cycle is most of fleetd's idle CPU. A live pane
+        # running the process we know is nothing new; local timers are the
+        # workers' own (the Tick here is only a backstop for one that is due).
+        a = rt.agent
+        unchanged = (
+            pane is not None
+            and not pane.dead
+            and pane.pid == a.pid
+            and a.state in (State.STARTING, State.RUNNING, State.HUNG, State.PAUSED)
+        )
+        if not unchanged:
+            self.post(rt, self._pane_input(rt, pane, plist.server_running), at)
+        wake = policy.next_wake(a, rt.spec)
+        if not self.is_local or (wake is not None and wake <= self.clock()):
+            self.post(rt, Tick(), at)
 
     def _pane_input(self, rt: AgentRuntime, pane: Pane | None, server: bool) -> Input:
         if pane is None:

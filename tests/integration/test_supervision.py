@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import require_binary
+from tests.conftest import require_binary, require_root
 from tests.harness import Fleet, fleet, wait_for
 
 __all__ = ["fleet"]
@@ -258,8 +258,7 @@ def test_socket_rejects_bad_requests_and_keeps_serving(fleet: Fleet) -> None:
 
 
 def test_mutating_command_refused_to_other_uid(fleet: Fleet) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to act as another uid")
+    require_root()  # to act as another uid
     # The runtime directory must be reachable for the other uid (pytest's is 0700).
     fleet.run_dir = Path(tempfile.mkdtemp(prefix="fleetd-perm-"))
     fleet.run_dir.chmod(0o755)
