@@ -55,13 +55,15 @@ def render_ps(result: dict[str, Any]) -> str:
     now = time.time()
     rows = []
     for a in result["agents"]:
-        note = a.get("reason") or ""
+        # Why it is in its state; a healthy RUNNING agent needs no note.
+        note = "" if a["state"] == "RUNNING" else a.get("reason") or ""
         if a["state"] == "BACKOFF" and a.get("retry_in") is not None:
             note = f"retry in {_secs(a['retry_in'])}: {note}"
         if a.get("heartbeat_problem"):
             note = f"heartbeat {a['heartbeat_problem']}; {note}"
         if a.get("drift"):
             note = f"DRIFT {a['drift']}; {note}"
+        note = note.strip().rstrip(";").rstrip(":")
         rows.append(
             [
                 a["name"],

@@ -658,7 +658,9 @@ class ProviderManager:
         slot = self.slots.get(name)
         if slot is None:
             return {"provider": None, "drift": None}
-        text = "; ".join(f"{m.field} {m.actual} (roster: {m.declared})" for m in slot.drift)
+        # One line per mismatch, even when heartbeat and command line both show it.
+        parts = dict.fromkeys(f"{m.field} {m.actual} (roster: {m.declared})" for m in slot.drift)
+        text = "; ".join(parts)
         return {
             "provider": slot.active,
             "pinned": slot.pinned,
