@@ -360,6 +360,7 @@ class Fleet:
             "state": sup.host_state(),
             "last_cycle": sup.last_cycle,
             "cycles": sup.cycles,
+            "round_trips": sup.round_trips_at_cycle,
             "cycle_seconds": sup.last_cycle_duration,
             "agents": len(sup.agents),
             "incident": sup.host_incident,

@@ -154,6 +154,7 @@ class HostSupervisor:
             host, lambda: self.roster.hosts[self.host.name], store, bus, clock=clock, wall=wall
         )
         self.cycle_interval = roster.settings.poll_interval
+        self.round_trips_at_cycle: int | None = None
         # Hooks for provider failover and drift (set by the daemon; no-ops here):
         # which provider an agent runs on, the environment that provider needs,
         # and a look at each agent after every observation cycle.
@@ -250,6 +251,8 @@ class HostSupervisor:
             if self.on_progress is not None:
                 self.on_progress()
         self.cycles += 1
+        # Read together with `cycles`, so that the two counters agree in `hosts`.
+        self.round_trips_at_cycle = getattr(self.host, "round_trips", None)
         self.reachable = True
         self.watch.up(snap)
         self.last_snapshot = snap
