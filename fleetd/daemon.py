@@ -631,6 +631,19 @@ def _log_sink(event: dict[str, Any]) -> None:
     )
 
 
+def _use_pidfd_child_watcher() -> None:
+    """On Python 3.11 asyncio waits for each child (every tmux call) with a thread of
+    its own; a pidfd watcher waits in the event loop instead. 3.12+ does this itself."""
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return
+    import asyncio
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fleetd", description="Supervise a fleet of AI agents.")
     parser.add_argument(
@@ -656,6 +669,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fleetd: invalid roster, not starting:\n{exc.message}", file=sys.stderr)
         return exc.exit_status
     configure_logging(roster.settings.log_format)
+    _use_pidfd_child_watcher()
     try:
         return anyio.run(serve, roster)
     except FleetError as exc:

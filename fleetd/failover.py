@@ -196,6 +196,10 @@ class ProviderManager:
         while True:
             await anyio.sleep(SCAN_INTERVAL)
             for sup, rt in self._runtimes():
+                if not rt.spec.providers or not sup.is_local:
+                    # Remote panes are not scanned: a capture per agent would break the
+                    # one-round-trip-per-host budget; remote agents report by heartbeat.
+                    continue
                 try:
                     await self._scan(sup, rt)
                 except FleetError as exc:
@@ -442,7 +446,8 @@ class ProviderManager:
             self._publish_all_down(ev)
         self.all_down = stuck
         for sup, rt in self._runtimes():
-            self._decide(sup, rt, now)
+            if rt.spec.providers:
+                self._decide(sup, rt, now)
 
     def _publish_all_down(self, ev: ProviderEvent) -> None:
         if ev.kind == "providers_all_down" and self.all_down_incident is None:

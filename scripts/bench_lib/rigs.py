@@ -110,6 +110,9 @@ class FleetdRig:
             "tmux_session": "bench",
             "stop_timeout": "2s",
             "recovery_settle": "1s",
+            # supervisord has no drift detection, and the workload execs `sleep`,
+            # which drift detection would rightly report as another program.
+            "drift": "off",
             "backoff": {"initial": "0s", "factor": 1.0, "cap": "0s", "jitter": 0.0},
             "intensity": {"max_restarts": 1000000, "window": "1s"},
             **self.defaults,
