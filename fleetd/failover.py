@@ -318,6 +318,8 @@ class ProviderManager:
 
     def observed(self, sup: HostSupervisor, rt: AgentRuntime, pane: Pane | None) -> None:
         """After each observation cycle: adopt, count reports, check drift."""
+        if not rt.spec.providers and rt.spec.drift == "off":
+            return  # nothing to learn about this agent (and this runs per agent per cycle)
         slot = self._slot(sup, rt)
         hb = rt.heartbeat
         alive = pane is not None and not pane.dead
@@ -433,6 +435,8 @@ class ProviderManager:
 
     def evaluate(self) -> None:
         """Tick every breaker, keep the all-down incident, move agents as choose() says."""
+        if not self.specs:
+            return  # no providers in the roster: nothing to decide, twice a second
         now = self.clock()
         for name, spec in self.specs.items():
             self._apply(*providers.on_tick(self.boards[name], spec, now))
