@@ -226,7 +226,9 @@ def capture(socket: str, pane_id: str, lines: int) -> list[str]:
 
 
 def last_lines(text: str, n: int) -> str:
+    """The last ``n`` lines the agent printed: trailing blank lines and the
+    "Pane is dead (status 3, <date>)" line tmux adds under remain-on-exit are dropped."""
     rows = text.rstrip("\n").splitlines()
-    while rows and not rows[-1].strip():
+    while rows and (not rows[-1].strip() or rows[-1].startswith("Pane is dead")):
         rows.pop()
     return "\n".join(rows[-n:])

@@ -208,3 +208,9 @@ def test_no_server_and_last_lines() -> None:
     assert tmux.is_no_server("error connecting to /tmp/tmux-0/fleetd (No such file or directory)")
     assert not tmux.is_no_server("can't find pane: %9")
     assert tmux.last_lines("a\nb\nc\n\n  \n", 2) == "b\nc"
+
+
+def test_last_lines_drops_tmux_dead_pane_notice() -> None:
+    text = "step 1\nstep 2\nboom\n\nPane is dead (status 3, Wed Nov 25 09:52:09 2026)\n\n"
+    assert tmux.last_lines(text, 2) == "step 2\nboom"
+    assert tmux.last_lines("Pane is dead\n", 5) == ""
