@@ -155,6 +155,9 @@ class HostSupervisor:
         )
         self.cycle_interval = roster.settings.poll_interval
         self.round_trips_at_cycle: int | None = None
+        # Actions on different agents run concurrently, at most this many per host
+        # (a mass death must not fork hundreds of tmux clients or SSH channels at once).
+        self._actions = anyio.Semaphore(roster.settings.max_concurrent_actions)
         # Hooks for provider failover and drift (set by the daemon; no-ops here):
         # which provider an agent runs on, the environment that provider needs,
         # and a look at each agent after every observation cycle.
@@ -562,7 +565,8 @@ class HostSupervisor:
         elif isinstance(action, CaptureForensics):
             await self._forensics(rt, action)
         elif isinstance(action, Kill):
-            how = await self.executor.kill(rt.spec, action.pid)
+            async with self._actions:
+                how = await self.executor.kill(rt.spec, action.pid)
             rt.acted_at = self.clock()
             log.info(
                 "agent.kill.done", agent=rt.name, pid=action.pid, how=how, reason=action.reason
@@ -603,7 +607,8 @@ class HostSupervisor:
 
     async def _forensics(self, rt: AgentRuntime, action: CaptureForensics) -> None:
         pane = rt.pane if rt.pane is not None else await self.executor.pane_of(rt.spec)
-        scrollback = self.redact(await self.executor.capture(rt.spec, pane))
+        async with self._actions:
+            scrollback = self.redact(await self.executor.capture(rt.spec, pane))
         rt.forensics_id = self.store.add_forensics(
             self.wall(),
             self.host.name,
@@ -629,7 +634,8 @@ class HostSupervisor:
         try:
             # Inside the try: rendering fails (provider.error) when a secret is missing.
             argv, workdir, env = self.render(rt)
-            pane_id, pid = await self.executor.spawn(rt.spec, rt.pane, argv, workdir, env)
+            async with self._actions:
+                pane_id, pid = await self.executor.spawn(rt.spec, rt.pane, argv, workdir, env)
         except FleetError as exc:
             rt.acted_at = self.clock()
             await self.feed(rt, SpawnFailed(exc.message))
