@@ -315,3 +315,20 @@ def test_unrelated_fleetd_env_vars_are_ignored(monkeypatch: pytest.MonkeyPatch) 
     # CI exports FLEETD_TEST_STRICT; it is not a setting and must not break loading.
     monkeypatch.setenv("FLEETD_TEST_STRICT", "1")
     assert parse_roster(VALID, SOURCE).settings.poll_interval == 0.5
+
+
+def test_shipped_example_roster_is_valid() -> None:
+    # etc/fleetd.toml documents every option; it must load exactly as shipped,
+    # templates included (what `fleetd --check` does).
+    from pathlib import Path
+
+    from fleetd.daemon import check_roster
+
+    example = Path(__file__).resolve().parents[2] / "etc" / "fleetd.toml"
+    roster = check_roster(str(example))
+    assert "coder" in roster.agents
+    documented = example.read_text()
+    from fleetd.config import AgentDefaults, Settings
+
+    for name in (*Settings.model_fields, *AgentDefaults.model_fields):
+        assert f"{name} =" in documented, f"etc/fleetd.toml does not document {name}"
