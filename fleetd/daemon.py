@@ -118,6 +118,8 @@ class Fleet:
         self._tg: anyio.abc.TaskGroup | None = None
         self.reload_error: str | None = None
         self.run_id = 0
+        self._reload_lock = anyio.Lock()
+        self._scopes: dict[str, anyio.CancelScope] = {}
         self.providers = ProviderManager(roster, store, bus)
 
     def on_progress(self) -> None:
@@ -186,8 +188,17 @@ class Fleet:
 
     async def start(self, tg: anyio.abc.TaskGroup) -> None:
         self._tg = tg
-        for sup in self.supervisors.values():
-            await tg.start(sup.run)
+        for name, sup in self.supervisors.items():
+            await tg.start(self._run_supervisor, name, sup)
+
+    async def _run_supervisor(
+        self, name: str, sup: HostSupervisor, *, task_status: TaskStatus[None]
+    ) -> None:
+        """Run one host's supervisor in a scope of its own, so that a host removed from
+        the roster can be stopped without stopping the others."""
+        with anyio.CancelScope() as scope:
+            self._scopes[name] = scope
+            await sup.run(task_status=task_status)
 
     # --- lookup ----------------------------------------------------------------
 
@@ -406,37 +417,63 @@ class Fleet:
             )
             raise
         self.reload_error = None
+        async with self._reload_lock:  # SIGHUP and `fleetctl reload` never interleave
+            return await self._apply_roster(new)
+
+    async def _quiet_stop(self, sup: HostSupervisor, name: str) -> None:
+        """Stop an agent that leaves this supervisor; best effort (its host may be
+        unreachable), and the worker goes away either way."""
+        try:
+            rt = sup.agents[name]
+            if rt.agent.state in (State.RUNNING, State.STARTING, State.HUNG):
+                await sup.command(name, "stop", None)
+        except FleetError as exc:
+            log.warning("reload.stop.failed", agent=name, error=exc.message)
+        await sup.stop_worker(name)
+
+    async def _apply_roster(self, new: Roster) -> dict[str, Any]:
         old = self.roster
         added = [n for n in new.agents if n not in old.agents]
         removed = [n for n in old.agents if n not in new.agents]
         changed = [n for n in new.agents if n in old.agents and new.agents[n] != old.agents[n]]
+        # The new roster is in force from here on; every step below is best effort,
+        # so one unreachable host cannot leave the rest of the roster unapplied.
         self.roster = new
+        for sup in self.supervisors.values():
+            sup.roster = new
         self.providers.reload(new)
         for name in removed:
-            sup, rt = self.find(name)
-            if rt.agent.state in (State.RUNNING, State.STARTING, State.HUNG):
-                await sup.command(name, "stop", None)
-            await sup.stop_worker(name)
+            sup, _ = self.find(name)
+            await self._quiet_stop(sup, name)
             self.store.set_hold(name, None, time.time())
         for name in changed:
             sup, rt = self.find(name)
             spec = new.agents[name]
             if spec.host != rt.spec.host:
-                await sup.command(name, "stop", None)
-                await sup.stop_worker(name)
+                await self._quiet_stop(sup, name)
                 added.append(name)
                 continue
+            moved = (spec.tmux_socket, spec.tmux_session, spec.window) != (
+                rt.spec.tmux_socket,
+                rt.spec.tmux_session,
+                rt.spec.window,
+            )
             rt.spec = spec
-            sup.roster = new
+            if moved:
+                # A pane id is only meaningful on its own tmux server: never respawn
+                # into the old id on the new socket (it may be another agent's pane).
+                rt.pane = None
             if rt.agent.state in (State.RUNNING, State.STARTING, State.HUNG, State.BACKOFF):
-                await sup.command(name, "restart", None)
+                try:
+                    await sup.command(name, "restart", None, reason="roster changed")
+                except FleetError as exc:
+                    log.warning("reload.restart.failed", agent=name, error=exc.message)
         for name in added:
             spec = new.agents[name]
             sup = await self._supervisor_for(spec)
             sup.add_agent(spec, sup.initial_agent(spec, {}, {}))
             sup.wake()
-        for sup in self.supervisors.values():
-            sup.roster = new
+        self._drop_removed_hosts(new)
         result = {"added": sorted(added), "removed": sorted(removed), "changed": sorted(changed)}
         self.bus.publish(
             "reloaded",
@@ -445,13 +482,29 @@ class Fleet:
         )
         return result
 
+    def _drop_removed_hosts(self, new: Roster) -> None:
+        """A host gone from the roster (and so without agents) stops being watched;
+        its open host incidents are closed rather than left open forever."""
+        for name in [h for h in self.supervisors if h not in new.hosts]:
+            sup = self.supervisors.pop(name)
+            scope = self._scopes.pop(name, None)
+            if scope is not None:
+                scope.cancel()
+            for inc in self.store.open_incidents():
+                if inc["scope"] == "host" and inc["subject"] == name:
+                    self.store.close_incident(inc["id"], time.time())
+            self.bus.publish(
+                "host_removed", f"host {name} left the roster; no longer watched", host=name
+            )
+            del sup
+
     async def _supervisor_for(self, spec: AgentSpec) -> HostSupervisor:
         sup = self.supervisors.get(spec.host)
         if sup is None:
             sup = self.new_supervisor(spec.host)
             self.supervisors[spec.host] = sup
             if self._tg is not None:
-                await self._tg.start(sup.run)
+                await self._tg.start(self._run_supervisor, spec.host, sup)
         return sup
 
 

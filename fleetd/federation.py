@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
@@ -48,7 +49,7 @@ from fleetd.errors import (
     error_class_for,
 )
 from fleetd.hosts.base import HostSnapshot
-from fleetd.model import HostDown
+from fleetd.model import HostDown, State
 from fleetd.supervisor import AgentRuntime, HostSupervisor
 
 if TYPE_CHECKING:  # asyncssh is imported only when an SSH host is configured
@@ -68,6 +69,10 @@ class RemoteFleetdDown(HostError):
     code = "host.fleetd_down"
 
 
+class RemoteNoAnswer(RemoteFleetdDown):
+    """The request was sent but no reply came: the remote may have acted on it."""
+
+
 class RemoteFleetd:
     """A control-socket client of the fleetd on an SSH host (one channel per call)."""
 
@@ -77,9 +82,12 @@ class RemoteFleetd:
         self.timeout = timeout
         self._id = 0
 
-    async def call(self, cmd: str, args: dict[str, Any] | None = None) -> Any:
-        """One request, one reply. Raises RemoteFleetdDown, HostUnreachable, or the
-        remote's own error (same class and code as fleetctl would see)."""
+    async def call(
+        self, cmd: str, args: dict[str, Any] | None = None, timeout: float | None = None
+    ) -> Any:
+        """One request, one reply. Raises RemoteFleetdDown (nothing was sent),
+        RemoteNoAnswer (sent, no reply), HostUnreachable, or the remote's own error
+        (same class and code as fleetctl would see)."""
         import asyncssh  # loaded only for SSH hosts; its errors are translated here
 
         try:
@@ -88,11 +96,11 @@ class RemoteFleetd:
             raise RemoteFleetdDown(exc.message, host=self.host.name) from None
         self._id += 1
         try:
-            with anyio.fail_after(self.timeout):
+            with anyio.fail_after(timeout or self.timeout):
                 writer.write(make_request(self._id, cmd, args))
                 line = await reader.readline()
         except TimeoutError:
-            raise RemoteFleetdDown(
+            raise RemoteNoAnswer(
                 f"host {self.host.name}: fleetd did not answer {cmd} within {self.timeout:g}s",
                 host=self.host.name,
             ) from None
@@ -101,7 +109,7 @@ class RemoteFleetd:
         finally:
             writer.close()
         if not line:
-            raise RemoteFleetdDown(
+            raise RemoteNoAnswer(
                 f"host {self.host.name}: fleetd closed the connection", host=self.host.name
             )
         return _result(line)
@@ -178,8 +186,21 @@ class FederatedSupervisor(HostSupervisor):
         self.last_cycle = self.wall()
         self.last_cycle_duration = self.clock() - started
 
+    def _take_over_holds(self) -> None:
+        """The hub supervises the agents from here: an agent the operator stopped or
+        paused over there stays so (the remote's holds live in the remote's store)."""
+        holds = {"STOPPED": State.STOPPED, "PAUSED": State.PAUSED, "FATAL": State.FATAL}
+        for name, row in self.remote_rows.items():
+            rt = self.agents.get(name)
+            state = holds.get(str(row.get("state")))
+            if rt is not None and state is not None and rt.agent.state is State.UNKNOWN:
+                rt.agent = replace(
+                    rt.agent, state=state, since=self.clock(), reason=f"held on {self.host.name}"
+                )
+
     async def _fleetd_down(self, exc: RemoteFleetdDown) -> None:
         if self.fleetd_incident is None:
+            self._take_over_holds()
             self.fleetd_incident = f"{self.host.name}-fleetd-{uuid.uuid4().hex[:8]}"
             self.store.open_incident(
                 self.fleetd_incident, "host", self.host.name, "host_fleetd_down", self.wall()
@@ -256,8 +277,20 @@ class FederatedSupervisor(HostSupervisor):
         (the remote fleetd is not answering: fallback mode)."""
         if cmd not in FORWARDED or not self.remote_ok:
             return None
+        agent = self.agents.get(str(args.get("agent")))
+        # An agent verb may kill and respawn over there: allow for its stop timeout.
+        timeout = self.remote.timeout + (agent.spec.stop_timeout + 15.0 if agent else 0.0)
         try:
-            result = await self.remote.call(cmd, args)
+            result = await self.remote.call(cmd, args, timeout=timeout)
+        except RemoteNoAnswer as exc:
+            if cmd in ("show", "logs"):
+                return None
+            # It may have acted: doing it again here could kill a fresh agent twice.
+            raise RemoteFleetdDown(
+                f"the fleetd on {self.host.name} did not confirm '{cmd}' ({exc.message}); "
+                "check `fleetctl ps` before trying again",
+                host=self.host.name,
+            ) from None
         except RemoteFleetdDown:
             return None
         if isinstance(result, dict) and "host" in result:
@@ -280,6 +313,20 @@ class FederatedSupervisor(HostSupervisor):
             await anyio.sleep(self.settings.poll_interval)
 
     async def _follow_once(self) -> None:
+        if self._after_id is not None:
+            # A remote store that was recreated numbers its events from 1 again:
+            # resuming after the old high-water mark would skip all of them.
+            newest = await self.remote.call("events", {"limit": 1})
+            ids = [e.get("id") for e in (newest or {}).get("events", []) if isinstance(e, dict)]
+            top = max((i for i in ids if isinstance(i, int)), default=0)
+            if top < self._after_id:
+                log.warning(
+                    "federation.follow.reset",
+                    host=self.host.name,
+                    remote_newest=top,
+                    followed=self._after_id,
+                )
+                self._after_id = None
         reader, writer = await self.ssh.unix_connection(self.remote.path)
         try:
             args: dict[str, Any] = {"follow": True}

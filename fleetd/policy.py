@@ -47,6 +47,8 @@ S = State
 
 # Without a heartbeat file, an agent that stays up this long counts as running.
 SETTLE_WITHOUT_HEARTBEAT = 1.0
+# A hung agent not dead this long after its kill's stop_timeout gets the kill again.
+HUNG_KILL_RETRY = 10.0
 # A beat stamped up to this long before a spawn still counts for the new process
 # (clock granularity between the agent and fleetd).
 BEAT_SKEW = 1.0
@@ -107,7 +109,7 @@ def beat_deadline(agent: Agent, spec: AgentSpec) -> float | None:
 
 def next_wake(agent: Agent, spec: AgentSpec) -> float | None:
     """Earliest time at which a Tick could change this agent; None if never."""
-    if agent.state is S.BACKOFF:
+    if agent.state in (S.BACKOFF, S.HUNG):
         return agent.retry_at
     if agent.state in (S.STARTING, S.RUNNING) and agent.pid is not None:
         times: list[float] = []
@@ -472,6 +474,10 @@ def _on_beat(agent: Agent, spec: AgentSpec, beat: Beat, ctx: Ctx) -> tuple[Agent
 
 def _on_tick(agent: Agent, spec: AgentSpec, ctx: Ctx) -> tuple[Agent, list[Action]]:
     now = ctx.now
+    if agent.state is S.HUNG and agent.retry_at is not None and now >= agent.retry_at:
+        # Still HUNG long after the kill: the kill did not happen (or did not work).
+        agent = replace(agent, retry_at=now + spec.stop_timeout + HUNG_KILL_RETRY)
+        return agent, [Kill("hung (kill retried)", agent.pid)]
     if agent.state is S.BACKOFF and agent.retry_at is not None and now >= agent.retry_at:
         agent = _move(
             agent,
@@ -506,7 +512,14 @@ def _on_tick(agent: Agent, spec: AgentSpec, ctx: Ctx) -> tuple[Agent, list[Actio
         return agent, recovered
     age = None if agent.last_beat_at is None else round(now - agent.last_beat_at, 3)
     agent, opened = _open_incident(agent, ctx)
-    agent = _move(agent, S.HUNG, now, reason="heartbeat stale")
+    # If the kill fails (host trouble), the core asks for it again at retry_at.
+    agent = _move(
+        agent,
+        S.HUNG,
+        now,
+        reason="heartbeat stale",
+        retry_at=now + spec.stop_timeout + HUNG_KILL_RETRY,
+    )
     why = (
         "no heartbeat since it started"
         if age is None

@@ -35,7 +35,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from fleetd import policy
 from fleetd.config import AgentSpec, ProviderSpec, Roster
-from fleetd.errors import FleetError, HostError
+from fleetd.errors import FleetError, HostError, UnknownAgent
 from fleetd.events import EventBus
 from fleetd.executor import Executor
 from fleetd.heartbeat import Heartbeat, HeartbeatProblem, parse_heartbeat
@@ -544,7 +544,20 @@ class HostSupervisor:
         if isinstance(inp, PaneAlive) and self._watcher is not None and after.pid == inp.pid:
             self._watcher.watch(inp.pid)
         for action in actions:
-            await self._execute(rt, action, inp)
+            try:
+                await self._execute(rt, action, inp)
+            except (FleetError, OSError) as exc:
+                # The decision is already made: a failed kill or capture must not stop
+                # the spawn that follows it (respawn-pane -k kills what is left), and a
+                # failed spawn is fed back as SpawnFailed inside _spawn. A hung agent
+                # whose kill failed is retried by the core (HUNG has a deadline).
+                msg = exc.message if isinstance(exc, FleetError) else str(exc)
+                log.warning(
+                    "agent.action.failed",
+                    agent=rt.name,
+                    action=type(action).__name__,
+                    error=msg,
+                )
 
     def _incident_id(self, rt: AgentRuntime) -> str:
         return f"{rt.name}-{uuid.uuid4().hex[:8]}"
@@ -694,3 +707,14 @@ class HostSupervisor:
         if rt is not None:
             rt.cancel.cancel()
             rt.send.close()
+            # Whoever still waits on a command for this agent gets an answer.
+            while True:
+                try:
+                    item, _ = rt.receive.receive_nowait()
+                except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                    break
+                if isinstance(item, CommandRequest):
+                    item.error = UnknownAgent(f"{name} was removed from the roster")
+                    item.done.set()
+                elif isinstance(item, Sync):
+                    item.done.set()

@@ -334,3 +334,48 @@ def test_invalid_roster_refused_at_start_and_reload(fleet: Fleet, tmp_path: Path
     assert fleet.ctl("reload").returncode == 0
     assert [a["name"] for a in fleet.call("ps")["agents"]] == ["ok"]
     wait_for(lambda: not fleet.processes_of("extra"), what="removed agent stopped")
+
+
+def test_reload_moving_an_agent_to_another_window_and_socket(fleet: Fleet) -> None:
+    # Pane ids are per tmux server: after a move the agent must get a pane of its own
+    # there, never the pane that happens to carry the same id (another agent's).
+    fleet.add_agent("mover")
+    fleet.add_agent("bystander")
+    fleet.start()
+    old = fleet.wait_state("mover", "RUNNING")["pid"]
+    other = fleet.wait_state("bystander", "RUNNING")["pid"]
+    fleet.agents["mover"]["window"] = "elsewhere"
+    fleet.agents["mover"]["tmux_socket"] = fleet.socket_name + "b"
+    fleet.write_roster()
+    out = fleet.ctl("reload")
+    assert out.returncode == 0, out.stderr
+    moved = wait_for(
+        lambda: (a := fleet.agent("mover"))["state"] == "RUNNING" and a["pid"] != old and a,
+        what="mover running again",
+    )
+    assert moved["tmux"]["window"] == "elsewhere"
+    assert fleet.agent("bystander")["pid"] == other  # untouched
+    assert len(fleet.processes_of("mover")) == 1
+    panes = subprocess.run(
+        [
+            "tmux",
+            "-L",
+            fleet.socket_name + "b",
+            "list-panes",
+            "-a",
+            "-F",
+            "#{window_name} #{@fleetd_agent} #{pane_pid}",
+        ],
+        capture_output=True,
+        text=True,
+        env=fleet.env,
+        timeout=10,
+        check=False,
+    ).stdout.split()
+    assert panes == ["elsewhere", "mover", str(moved["pid"])]
+    subprocess.run(
+        ["tmux", "-L", fleet.socket_name + "b", "kill-server"],
+        env=fleet.env,
+        timeout=10,
+        check=False,
+    )

@@ -335,6 +335,23 @@ def test_hung_emits_then_captures_then_kills() -> None:
     assert run.agent.incident is not None
 
 
+def test_hung_agent_whose_kill_failed_gets_the_kill_again() -> None:
+    # The kill may fail (host trouble); the agent must not stay HUNG forever.
+    spec = make_spec()
+    run = Run(spec)
+    run.start(100.0)
+    run.feed(Tick(), 160.0)
+    assert run.state() is S.HUNG
+    retry = next_wake(run.agent, spec)
+    assert retry is not None and retry == 160.0 + spec.stop_timeout + 10.0
+    assert run.feed(Tick(), retry - 0.1) == []
+    again = run.feed(Tick(), retry)
+    assert labels(again) == ["Kill"]
+    assert run.state() is S.HUNG and next_wake(run.agent, spec) == retry + spec.stop_timeout + 10.0
+    # when the process finally dies, the usual restart follows
+    assert labels(run.feed(PaneDead(7, None, 9), retry + 1)) == ["emit:agent_killed", "Spawn"]
+
+
 def test_death_while_hung_restarts_without_second_forensics() -> None:
     run = Run(make_spec())
     run.start(100.0)
