@@ -17,6 +17,7 @@ file, the key path (``agents.coder.restart``) and the reason.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -475,6 +476,27 @@ def parse_roster(data: dict[str, Any], source: str = "<roster>") -> Roster:
         agents=agents,
         targets=raw.targets,
     )
+
+
+def toml_value(value: Any) -> str:
+    """One value in TOML syntax, for programs that generate rosters (tests, bench).
+
+    Strings are written as JSON strings, which are valid TOML basic strings with
+    every control character escaped.
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(x) for x in value) + "]"
+    if isinstance(value, dict):
+        return (
+            "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(x)}" for k, x in value.items()) + " }"
+        )
+    raise TypeError(f"no TOML form for {value!r}")
 
 
 def load_roster(path: str | os.PathLike[str]) -> Roster:

@@ -24,21 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from bench_lib.common import BENCH_ENV, Reaper, read_stamps, wait_until
+from fleetd.config import toml_value
 from fleetd.control.client import Client
-
-
-def toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f'"{k}" = {toml_value(x)}' for k, x in v.items()) + " }"
-    raise TypeError(v)
 
 
 @dataclass

@@ -22,8 +22,9 @@ from typing import Any, ClassVar
 
 import pytest
 
+from fleetd.config import toml_value
 from tests.conftest import require_binary
-from tests.harness import Fleet, fleet, toml_value, wait_for
+from tests.harness import Fleet, fleet, wait_for
 
 __all__ = ["FakeProvider", "fleet", "proc_env", "provider_fleet", "running_on"]
 

@@ -27,13 +27,13 @@ import anyio
 import psutil
 import pytest
 
-from fleetd.config import Roster, parse_roster
+from fleetd.config import Roster, parse_roster, toml_value
 from fleetd.events import EventBus
 from fleetd.hosts.ssh import SshHost
 from fleetd.model import State
 from fleetd.store import Store
 from fleetd.supervisor import HostSupervisor
-from tests.harness import AGENT, PY, Fleet, toml_value, wait_for
+from tests.harness import AGENT, PY, Fleet, wait_for
 from tests.netns import NetnsHost, NetnsLab, require_netns
 
 pytestmark = pytest.mark.root

@@ -332,3 +332,17 @@ def test_shipped_example_roster_is_valid() -> None:
 
     for name in (*Settings.model_fields, *AgentDefaults.model_fields):
         assert f"{name} =" in documented, f"etc/fleetd.toml does not document {name}"
+
+
+def test_toml_value_round_trips_hostile_strings() -> None:
+    import tomllib
+
+    from fleetd.config import toml_value
+
+    value = {
+        "s": "a\nb\t\"q\" \\ '; touch /tmp/pwned #' $(id) #(id) \x01",
+        "l": [1, 2.5, True, "x"],
+        "t": {"k": "v", "n": 3},
+    }
+    text = "\n".join(f"{k} = {toml_value(v)}" for k, v in value.items())
+    assert tomllib.loads(text) == value
