@@ -21,6 +21,7 @@ the new process died or was replaced.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 import uuid
@@ -43,6 +44,7 @@ from fleetd.hosts.base import Host, HostSnapshot, ObserveRequest
 from fleetd.hosts.local import ExitWatcher, LocalHost, read_small_file, zombie_status
 from fleetd.hostwatch import HostWatch
 from fleetd.model import (
+    Action,
     Beat,
     CaptureForensics,
     Command,
@@ -70,6 +72,7 @@ log = structlog.get_logger("fleetd.supervisor")
 INBOX_SIZE = 64
 RECHECK_TRIES = 8
 DEADLINE_REREADS = 4
+DEAD_STATUS_GRACE = 3.0
 RECHECK_PAUSE = 0.01
 
 
@@ -109,8 +112,9 @@ class AgentRuntime:
     acted_at: float = 0.0
     forensics_id: int | None = None
     scrollback_tail: str | None = None
+    # When a remote pane was first seen dead with no exit status (tmux not done yet).
+    dead_unsettled_at: float | None = None
     cancel: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    pending_ops: int = 0
 
     @property
     def name(self) -> str:
@@ -309,8 +313,8 @@ class HostSupervisor:
             if rt.spec.tmux_socket in gone
             and rt.agent.state in (State.RUNNING, State.STARTING, State.HUNG)
         ]
-        if affected and self.host_incident is None:
-            self._tmux_gone(gone)
+        if affected:
+            self._tmux_gone(gone)  # opens the host incident once
         elif (
             self.host_incident is not None
             and not gone
@@ -359,11 +363,34 @@ class HostSupervisor:
             and pane.pid == a.pid
             and a.state in (State.STARTING, State.RUNNING, State.HUNG, State.PAUSED)
         )
-        if not unchanged:
+        if not unchanged and not self._await_exit_status(rt, pane):
             self.post(rt, self._pane_input(rt, pane, plist.server_running), at)
         wake = policy.next_wake(a, rt.spec)
         if not self.is_local or (wake is not None and wake <= self.clock()):
             self.post(rt, Tick(), at)
+
+    def _await_exit_status(self, rt: AgentRuntime, pane: Pane | None) -> bool:
+        """True while a remote pane is dead but tmux has not recorded how it ended.
+
+        tmux can mark a pane dead before it reaps the process; locally the status is
+        read from the zombie, remotely fleetd waits up to DEAD_STATUS_GRACE so the
+        forensics carry the exit status or signal, then decides without it.
+        """
+        unsettled = (
+            not self.is_local
+            and pane is not None
+            and pane.dead
+            and pane.dead_status is None
+            and pane.dead_signal is None
+        )
+        if not unsettled:
+            rt.dead_unsettled_at = None
+            return False
+        now = self.clock()
+        if rt.dead_unsettled_at is None:
+            rt.dead_unsettled_at = now
+            self.wake()  # look again soon rather than a whole poll interval later
+        return now - rt.dead_unsettled_at < DEAD_STATUS_GRACE
 
     def _pane_input(self, rt: AgentRuntime, pane: Pane | None, server: bool) -> Input:
         if pane is None:
@@ -390,13 +417,24 @@ class HostSupervisor:
         return Beat(parsed.ts, at - age, parsed.status, parsed.is_busy)
 
     def post(self, rt: AgentRuntime, inp: Input | Recheck, observed_at: float | None) -> None:
+        item: InboxItem = (inp, observed_at)
         try:
-            rt.send.send_nowait((inp, observed_at))
+            rt.send.send_nowait(item)
         except anyio.WouldBlock:
-            # The worker is busy (a long kill); the next cycle observes again.
-            log.debug("agent.inbox.full", agent=rt.name)
+            # The worker is busy (a long kill). A routine observation can go: the
+            # next cycle observes again. A death event or a lost host cannot (cycles
+            # are skipped while an SSH host is in reconnect backoff): it waits.
+            if isinstance(inp, Recheck | HostDown) and self._tg is not None:
+                self._tg.start_soon(self._post_later, rt, item)
+            else:
+                log.debug("agent.inbox.full", agent=rt.name)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             pass
+
+    @staticmethod
+    async def _post_later(rt: AgentRuntime, item: InboxItem) -> None:
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            await rt.send.send(item)
 
     def _on_exit(self, pid: int) -> None:
         for rt in self.agents.values():
@@ -451,10 +489,7 @@ class HostSupervisor:
         path = heartbeat_path(rt.spec)
         if path is not None and rt.agent.state in (State.STARTING, State.RUNNING):
             for _ in range(DEADLINE_REREADS):
-                if self.is_local:
-                    data = read_small_file(self.host.expand_path(path))
-                else:
-                    data = (await self.host.read_files([path])).get(path)
+                data = read_small_file(self.host.expand_path(path))
                 beat = self._beat_from(rt, data, self.wall(), self.clock())
                 if beat is not None:
                     await self.feed(rt, beat)
@@ -545,7 +580,7 @@ class HostSupervisor:
             self._watcher.watch(inp.pid)
         for action in actions:
             try:
-                await self._execute(rt, action, inp)
+                await self._execute(rt, action)
             except (FleetError, OSError) as exc:
                 # The decision is already made: a failed kill or capture must not stop
                 # the spawn that follows it (respawn-pane -k kills what is left), and a
@@ -563,16 +598,19 @@ class HostSupervisor:
         return f"{rt.name}-{uuid.uuid4().hex[:8]}"
 
     def _persist_hold(self, before: Agent, after: Agent) -> None:
+        """Operator holds (stop, pause) survive a fleetd restart; a STOPPED that the
+        restart policy chose ("never", clean exit) is not a hold."""
         if before.state == after.state:
             return
-        hold = {State.STOPPED: "stopped", State.PAUSED: "paused"}.get(after.state)
+        hold: str | None = None
+        if after.state is State.PAUSED:
+            hold = "paused"
+        elif after.state is State.STOPPED and after.reason.startswith("operator"):
+            hold = "stopped"
         if hold is not None or before.state in (State.STOPPED, State.PAUSED):
-            # Only operator holds persist; STOPPED by policy ("never") is not a hold.
-            if after.state is State.STOPPED and not after.reason.startswith("operator"):
-                hold = None
             self.store.set_hold(after.name, hold, self.wall())
 
-    async def _execute(self, rt: AgentRuntime, action: object, inp: Input) -> None:
+    async def _execute(self, rt: AgentRuntime, action: Action) -> None:
         if isinstance(action, Emit):
             self._emit(rt, action)
         elif isinstance(action, CaptureForensics):

@@ -315,6 +315,18 @@ def require_netns() -> None:
     require(os.path.exists(SSHD), f"needs OpenSSH server at {SSHD}")
 
 
+@contextlib.contextmanager
+def running_lab(hosts: int) -> Iterator[NetnsLab]:
+    """``hosts`` namespace hosts with sshd, torn down by pid whatever happens."""
+    require_netns()
+    lab = NetnsLab()
+    try:
+        lab.create(hosts)
+        yield lab
+    finally:
+        lab.teardown()
+
+
 @pytest.fixture
 def netns_lab() -> Iterator[NetnsLab]:
     require_netns()

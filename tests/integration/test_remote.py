@@ -34,7 +34,7 @@ from fleetd.model import State
 from fleetd.store import Store
 from fleetd.supervisor import HostSupervisor
 from tests.harness import AGENT, PY, Fleet, wait_for
-from tests.netns import NetnsHost, NetnsLab, require_netns
+from tests.netns import NetnsHost, NetnsLab, running_lab
 
 pytestmark = pytest.mark.root
 
@@ -50,13 +50,8 @@ DEFAULTS: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[NetnsLab]:
-    require_netns()
-    lab = NetnsLab()
-    try:
-        lab.create(3)
+    with running_lab(3) as lab:
         yield lab
-    finally:
-        lab.teardown()
 
 
 def uniq(prefix: str) -> str:

@@ -27,7 +27,7 @@ from tests.netns import (
     PartitionHow,
     _keygen,
     netns_lab,  # noqa: F401  (fixture)
-    require_netns,
+    running_lab,
     ssh_hosts,  # noqa: F401  (fixture)
 )
 
@@ -37,13 +37,8 @@ SOCK = "fleetd-it"
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[NetnsLab]:
-    require_netns()
-    lab = NetnsLab()
-    try:
-        lab.create(3)
+    with running_lab(3) as lab:
         yield lab
-    finally:
-        lab.teardown()
 
 
 @asynccontextmanager

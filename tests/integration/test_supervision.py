@@ -293,31 +293,28 @@ def test_invalid_roster_refused_at_start_and_reload(fleet: Fleet, tmp_path: Path
     good = fleet.roster.read_text()
     bad = good.replace('[agents."ok"]', '[agents."bad;name"]')
     fleet.roster.write_text(bad)
-    res = subprocess.run(
-        [sys.executable, "-m", "fleetd", "--config", str(fleet.roster)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=fleet.env,
-        check=False,
-    )
+
+    def fleetd(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "fleetd", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=fleet.env,
+            check=False,
+        )
+
+    res = fleetd("--config", str(fleet.roster))
     assert res.returncode == 2
     assert str(fleet.roster) in res.stderr and "agents.bad;name" in res.stderr
     assert "letters, digits" in res.stderr
-    chk = subprocess.run(
-        [sys.executable, "-m", "fleetd", "--check", str(fleet.roster)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=fleet.env,
-        check=False,
-    )
+    chk = fleetd("--check", str(fleet.roster))
     assert chk.returncode == 2
     fleet.roster.write_text(good)
     fleet.start()
     pid = fleet.wait_state("ok", "RUNNING")["pid"]
     fleet.roster.write_text(
-        good.replace('restart = "always"', "") + "\n[agents.new]\nrestart = 5\n"
+        good + "\n[agents.new]\nrestart = 5\n"  # no command, and restart is not a policy
     )
     out = fleet.ctl("reload")
     assert out.returncode == 2 and "agents.new" in out.stderr
