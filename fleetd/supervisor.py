@@ -363,7 +363,9 @@ class HostSupervisor:
             and pane.pid == a.pid
             and a.state in (State.STARTING, State.RUNNING, State.HUNG, State.PAUSED)
         )
-        if not unchanged and not self._await_exit_status(rt, pane):
+        if self._await_exit_status(rt, pane):
+            return  # it died; no Tick either, or a stale heartbeat would call it a hang
+        if not unchanged:
             self.post(rt, self._pane_input(rt, pane, plist.server_running), at)
         wake = policy.next_wake(a, rt.spec)
         if not self.is_local or (wake is not None and wake <= self.clock()):
