@@ -336,7 +336,10 @@ def test_remote_agents_respawn_hang_adopt_and_ps(hub: Hub, lab: NetnsLab) -> Non
         what="respawn",
     )
     dead = hub.wait_event("agent_dead", a0)[0]
-    assert dead["data"]["signal"] == signal.SIGKILL and dead["host"] == h0.name
+    # tmux sometimes reaps a dead pane's process seconds late and then reports no
+    # status at all; fleetd waits DEAD_STATUS_GRACE for it, then records the death
+    # without it (locally it reads the zombie instead; see test_supervision).
+    assert dead["data"].get("signal") in (signal.SIGKILL, None) and dead["host"] == h0.name
     logs = hub.call("logs", {"agent": a0})["forensics"]
     assert logs and logs[0]["pid"] == p0 and "step" in logs[0]["scrollback"]
     wait_for(lambda: len(agent_procs(a0)) == 1, 10, what="one copy of a0")
